@@ -1,0 +1,51 @@
+"""Project habits, one session each: tests, lint, types, docs, bench, claude_code."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "types", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (what CI runs), on the installed package with every extra."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests, examples and benchmarks."""
+    session.install("ruff>=0.12")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy --strict on the package, pyright strict on the public typing test."""
+    session.install("-e", ".[all]", "mypy>=1.15", "pyright>=1.1.400")
+    session.run("mypy")
+    session.run("pyright")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Docs stay true: every docs/*.md link resolves and every example imports."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_docs.py", "-q")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite: prints ratios against a direct connection, writes JSON."""
+    session.install("-e", ".[server]", "aiohttp")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def claude_code(session: nox.Session) -> None:
+    """Claude Code itself (npm) through the proxy against the fake upstream (opt-in, slow)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "claude_code", "-q", env={"CCROTATE_TEST_CLAUDE_CODE": "1"})

@@ -1,0 +1,301 @@
+"""The failover loop: try accounts until one gives a response worth relaying.
+
+Everything here happens before the first byte reaches the client, which is
+what makes failover invisible to it. The loop returns either a :class:`Won`
+(an open upstream response, its first SSE event already read) or a
+:class:`Failed` (a complete error to send). Every upstream response it does not
+hand on is closed here, on every path including cancellation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+
+from ccrotate._accounts import Account, AccountKind
+from ccrotate._exceptions import NoAccountAvailable, RefreshError, UnknownAccount, UpstreamError
+from ccrotate._headers import OAUTH_BETA, merge_beta, response_headers
+from ccrotate._observe import Failover, Observer, RequestRecord
+from ccrotate._pool import AccountPool
+from ccrotate._strategy import SelectionContext
+from ccrotate._upstream import Upstream, UpstreamResponse
+from ccrotate._wire import SSEScanner, error_body, inject_identity, parse_error
+
+__all__ = ["Attempt", "Failed", "Refresher", "Won", "run_attempts"]
+
+_JSON = [(b"content-type", b"application/json")]
+_SPEND_CAP = "enforced_spend_limit_reached"
+
+
+class Refresher(Protocol):
+    """What the proxy needs from a token refresher (see :class:`~ccrotate.TokenRefresher`)."""
+
+    async def ensure_fresh(self, account: Account) -> Account:
+        """Return the account with a token valid for a while, refreshing once if needed."""
+        ...
+
+    async def refresh(self, name: str, *, reason: str) -> Account:
+        """Refresh now (after a 401), single-flight; raises RefreshError."""
+        ...
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The request as it will be sent upstream, the same for every attempt but credentials."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    beta: str | None
+    body: bytes | None
+    pinned: str | None
+    identity: str | None
+    """The identity line to ensure for OAuth accounts, ``None`` to leave the body alone."""
+    context: SelectionContext
+    _oauth_body: bytes | None = field(default=None, repr=False)
+
+    def body_for(self, account: Account) -> bytes | None:
+        if account.kind is not AccountKind.OAUTH or self.identity is None or self.body is None:
+            return self.body
+        if self._oauth_body is None:
+            self._oauth_body = inject_identity(self.body, self.identity)
+        return self._oauth_body
+
+    def headers_for(self, account: Account) -> list[tuple[str, str]]:
+        out = list(self.headers)
+        if account.kind is AccountKind.OAUTH:
+            out.append(("authorization", "Bearer " + account.credential.reveal()))
+            out.append(("anthropic-beta", merge_beta(self.beta, OAUTH_BETA)))
+        else:
+            out.append(("x-api-key", account.credential.reveal()))
+            if self.beta:
+                out.append(("anthropic-beta", self.beta))
+        # Identity keeps the bytes readable for usage accounting; the hop to
+        # the client is local, where compression buys little.
+        out.append(("accept-encoding", "identity"))
+        return out
+
+
+@dataclass(slots=True)
+class Won:
+    """An upstream response to relay. The receiver must ``aclose`` it and release the account."""
+
+    account: Account
+    response: UpstreamResponse
+    head: list[bytes]
+    """Bytes already read (the first SSE event, or the whole body when not streaming)."""
+    streaming: bool
+    scanner: SSEScanner | None
+
+
+@dataclass(slots=True)
+class Failed:
+    """A complete error response in Anthropic's shape."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    account: str | None = None
+
+    @classmethod
+    def of(cls, status: int, type_: str, message: str, *,
+           retry_after: float | None = None) -> Failed:
+        headers = list(_JSON)
+        if retry_after is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
+        return cls(status, headers, error_body(type_, message))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoopConfig:
+    """Knobs of the failover loop."""
+
+    max_attempts: int = 4
+    backoff_base: float = 0.05
+    backoff_cap: float = 1.0
+    max_response_body: int = 64 * 1024 * 1024
+
+
+async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstream,
+                       record: RequestRecord, config: LoopConfig,
+                       refresher: Refresher | None = None,
+                       observers: Sequence[Observer] = ()) -> Won | Failed:
+    """Try accounts in turn until one answers usefully; see the module docstring."""
+    tried: list[str] = []
+    last: Failed | None = None
+    refreshed: set[str] = set()
+    backoffs = 0
+    while record.attempts < config.max_attempts:
+        try:
+            account = pool.acquire(attempt.pinned, exclude=tried, context=attempt.context)
+        except UnknownAccount as exc:
+            return Failed.of(400, "invalid_request_error", str(exc))
+        except NoAccountAvailable as exc:
+            return _no_account(exc, last)
+        record.attempts += 1
+        name = account.name
+        won: Won | None = None
+        try:
+            outcome = await _one(attempt, account, upstream, record, config, refresher,
+                                 refreshed)
+            if isinstance(outcome, Won):
+                won = outcome
+                pool.report_success(name, outcome.response.headers)
+                return outcome
+            reason, failed = outcome
+            if reason == "refreshed":
+                continue  # same account again, with its new token
+            failed.account = name
+            if reason == "client_error":
+                # The request itself is wrong: no account is to blame, none is cooled.
+                return failed
+            last = failed
+            _note(record, observers, Failover(name, reason, failed.status))
+            if reason == "rate_limited":
+                _, _, code = parse_error(failed.body)
+                until = pool.report_rate_limited(name, _Headers(failed.headers),
+                                                 spend_cap=code == _SPEND_CAP)
+                if not any(k == b"retry-after" for k, _ in failed.headers):
+                    failed.headers.append(
+                        (b"retry-after", str(max(1, math.ceil(until - pool.now()))).encode()))
+            elif reason == "auth":
+                _, message, _ = parse_error(failed.body)
+                pool.report_auth_error(name, f"upstream {failed.status}: {message}"[:200])
+            else:
+                pool.report_failure(name, f"{reason} ({failed.status})")
+            if attempt.pinned is not None:
+                return failed
+            tried.append(name)
+            if reason in ("overloaded", "server_error", "connection"):
+                # Not the account's fault: pause briefly so a struggling upstream can recover.
+                delay = min(config.backoff_cap, config.backoff_base * 2 ** backoffs)
+                backoffs += 1
+                await anyio.sleep(delay * random.uniform(0.5, 1.0))
+        finally:
+            if won is None:
+                pool.release(name)
+    assert last is not None
+    return last
+
+
+class _Headers:
+    # A case-insensitive view of ASGI header pairs for the rate-limit parser.
+    __slots__ = ("_d",)
+
+    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self._d = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in pairs}
+
+    def get(self, key: str, /) -> str | None:
+        return self._d.get(key)
+
+
+def _note(record: RequestRecord, observers: Sequence[Observer], failover: Failover) -> None:
+    record.failovers.append(failover)
+    for observer in observers:
+        observer.on_failover(record, failover)
+
+
+def _no_account(exc: NoAccountAvailable, last: Failed | None) -> Failed:
+    if last is not None and last.status != 429:
+        # The accounts we could try all failed for reasons that are not quota:
+        # the client learns the real upstream error, not a made-up one.
+        return last
+    if exc.retry_after is not None:
+        return Failed.of(429, "rate_limit_error", f"ccrotate: {exc}", retry_after=exc.retry_after)
+    if last is not None:
+        return last
+    return Failed.of(503, "api_error", f"ccrotate: {exc}")
+
+
+def _classify(status: int) -> str | None:
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status == 529:
+        return "overloaded"
+    if status >= 500:
+        return "server_error"
+    return None
+
+
+async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: RequestRecord,
+               config: LoopConfig, refresher: Refresher | None,
+               refreshed: set[str]) -> Won | tuple[str, Failed]:
+    """One attempt on one account: a winner, or (failover reason, the error it produced)."""
+    if refresher is not None and account.kind is AccountKind.OAUTH:
+        try:
+            account = await refresher.ensure_fresh(account)
+        except RefreshError as exc:
+            return "auth", Failed.of(401, "authentication_error", f"token refresh failed: {exc}")
+    sent = anyio.current_time()
+    try:
+        resp = await upstream.send(attempt.method, attempt.path, attempt.headers_for(account),
+                                   attempt.body_for(account))
+    except UpstreamError as exc:
+        return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
+    try:
+        record.upstream_latency = anyio.current_time() - sent
+        status = resp.status
+        if status < 400:
+            streaming = resp.content_type == "text/event-stream"
+            if streaming:
+                return await _peek_stream(account, resp, record)
+            body = await resp.read(config.max_response_body)
+            return Won(account, resp, [body], False, None)
+        body = await resp.read(config.max_response_body)
+        failed = Failed(status, response_headers(resp.raw_headers), body)
+        reason = _classify(status)
+        if reason is None:
+            return "client_error", failed
+        if (reason == "auth" and status == 401 and refresher is not None
+                and account.kind is AccountKind.OAUTH and account.name not in refreshed):
+            refreshed.add(account.name)
+            try:
+                await refresher.refresh(account.name, reason="upstream answered 401")
+            except RefreshError:
+                return reason, failed
+            record.attempts -= 1  # the retry after a refresh is the same attempt
+            return "refreshed", failed
+        return reason, failed
+    except UpstreamError as exc:
+        await resp.aclose()
+        return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
+    except BaseException:
+        await resp.aclose()
+        raise
+    finally:
+        if resp.status >= 400:
+            await resp.aclose()
+
+
+async def _peek_stream(account: Account, resp: UpstreamResponse,
+                       record: RequestRecord) -> Won | tuple[str, Failed]:
+    # Hold the response until the first whole SSE event: an error that opens
+    # a 200 stream (overloaded, often) can still move to another account.
+    if resp.content_encoding not in (None, "identity"):
+        return Won(account, resp, [], True, None)
+    scanner = SSEScanner()
+    head: list[bytes] = []
+    async for chunk in resp.chunks():
+        head.append(chunk)
+        scanner.feed(chunk)
+        if scanner.first_event_complete():
+            break
+    if scanner.error is not None:
+        type_, message = scanner.error
+        await resp.aclose()
+        status = {"overloaded_error": 529, "rate_limit_error": 429}.get(type_, 500)
+        reason = _classify(status) or "server_error"
+        return reason, Failed(status, response_headers(resp.raw_headers)
+                              if status == 429 else list(_JSON), error_body(type_, message))
+    if not scanner.first_event_complete():
+        await resp.aclose()
+        return "connection", Failed.of(502, "api_error",
+                                       "ccrotate: upstream stream ended before its first event")
+    return Won(account, resp, head, True, scanner)

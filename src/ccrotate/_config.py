@@ -1,0 +1,469 @@
+"""Settings: one immutable object holding every ccrotate knob, and the loader that fills it.
+
+Values come from five layers, highest first: command-line overrides, environment
+variables, a ``.env`` file, a TOML config file, then the defaults on :class:`Settings`.
+How each setting is named in each layer lives in one table, :data:`FIELDS`, so the CLI
+and ``docs/configuration.md`` derive from data rather than from a chain of ifs.
+
+Every value goes through the same parser whichever layer gave it; a bad one raises
+:class:`~ccrotate._exceptions.ConfigError` naming the setting and where it came from.
+Secret values (auth and admin tokens) never appear in a repr or in an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path, PurePath
+from types import MappingProxyType
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from ccrotate._exceptions import ConfigError
+
+__all__ = ["FIELDS", "LOG_LEVELS", "STRATEGIES", "FieldSpec", "Settings", "load_settings"]
+
+STRATEGIES: tuple[str, ...] = ("round_robin",)
+"""Account-selection strategies. Read at parse time, so a module adding one can extend it."""
+
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+"""Accepted ``log_level`` values (case-insensitive on input, stored lower-case)."""
+
+Parser = Callable[[object], object]
+
+# --- Value parsers -------------------------------------------------------------------
+# Each takes a raw value (a str from the environment, .env or command line; a native
+# value from TOML or code) and returns the normalised value, or raises
+# ValueError("<what was expected>"). They never put the value in the message: the
+# caller appends it, except for secrets. All are idempotent, so Settings can re-check.
+
+
+def _text(raw: object) -> str:
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip()
+    raise ValueError("a non-empty string")
+
+
+def _number(raw: object, cast: type[int] | type[float]) -> int | float | None:
+    if isinstance(raw, str):
+        try:
+            return cast(raw.strip())
+        except ValueError:
+            return None
+    # bool is an int subclass, and `port = 8080.0` is a mistake rather than a port.
+    if isinstance(raw, bool) or not isinstance(raw, (cast, int)):
+        return None
+    return raw
+
+
+def _int(lo: int, hi: int | None = None) -> Parser:
+    want = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+
+    def parse(raw: object) -> int:
+        value = _number(raw, int)
+        if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+            raise ValueError(want)
+        return value
+
+    return parse
+
+
+def _seconds(*, zero_ok: bool) -> Parser:
+    want = f"a number of seconds {'>=' if zero_ok else '>'} 0"
+
+    def parse(raw: object) -> float:
+        value = _number(raw, float)
+        if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise ValueError(want)
+        return float(value)
+
+    return parse
+
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
+
+
+def _bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ValueError("a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+# SI units are powers of ten and IEC units powers of two, as their names say.
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+
+def _size(raw: object) -> int:
+    size = 0
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        size = raw
+    elif isinstance(raw, str) and (m := _SIZE.fullmatch(raw.strip().lower())) and m[2] in _UNITS:
+        size = int(Decimal(m[1]) * _UNITS[m[2]])  # Decimal: "1.1MB" is exactly 1100000
+    if size <= 0:
+        raise ValueError("a size in bytes > 0, such as 1048576, '10MB' or '512KiB'")
+    return size
+
+
+def _path(raw: object) -> Path:
+    if isinstance(raw, PurePath) or (isinstance(raw, str) and raw.strip()):
+        return Path(raw.strip() if isinstance(raw, str) else raw).expanduser()
+    raise ValueError("a file path")
+
+
+def _url(raw: object, *, base: bool = False) -> str:
+    url = raw.strip() if isinstance(raw, str) else ""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad port or bracketed host
+        ok = False
+    if not ok:
+        raise ValueError("an http:// or https:// URL with a host")
+    # The upstream base URL gets "/v1/messages" appended; a trailing slash would double it.
+    return url.rstrip("/") if base else url
+
+
+# Tokens travel in HTTP headers and lists are comma-separated, hence the character set.
+_TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+_TOKEN_CHARS = "printable ASCII without spaces or commas"
+
+
+def _token(raw: object) -> str:
+    if isinstance(raw, str) and _TOKEN.fullmatch(raw.strip()):
+        return raw.strip()
+    raise ValueError(f"a token of {_TOKEN_CHARS}")
+
+
+def _tokens(raw: object) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if isinstance(items, list | tuple):
+        with contextlib.suppress(ValueError):  # one bad token: report the whole list's rule
+            return tuple(dict.fromkeys(map(_token, cast("Iterable[object]", items))))  # dedupe
+    raise ValueError(f"a comma-separated list of tokens of {_TOKEN_CHARS}")
+
+
+def _pick(raw: object, options: tuple[str, ...]) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in options:
+        return raw.strip().lower()
+    raise ValueError("one of " + ", ".join(map(repr, options)))
+
+
+def _aliases(raw: object) -> Mapping[str, str]:
+    table = cast("Mapping[object, object]", raw) if isinstance(raw, Mapping) else None
+    if table is None or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v.strip() for k, v in table.items()
+    ):
+        raise ValueError("a table of model name = model name strings")
+    return MappingProxyType({str(k): str(v).strip() for k, v in table.items()})
+
+
+# --- The table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """How one setting is named in each layer, parsed and described."""
+
+    name: str  # Settings attribute, and the key for command-line overrides
+    env: tuple[str, ...]  # environment variables; canonical first, legacy aliases after
+    toml: tuple[str, ...]  # "section.key" names in the config file; canonical first
+    parse: Parser = field(repr=False)
+    help: str = ""
+    secret: bool = False  # never shown in repr or error messages
+
+    @property
+    def default(self) -> object:
+        """The default value, as declared on :class:`Settings` (paths not yet expanded)."""
+        return _DEFAULTS[self.name]
+
+
+def _spec(name: str, env: str, toml: str, parse: Parser, help: str, *,
+          secret: bool = False) -> FieldSpec:
+    return FieldSpec(name, tuple(env.split()), tuple(toml.split()), parse, help, secret)
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    _spec("host", "CCROTATE_HOST", "server.host", _text, "Interface the server binds."),
+    _spec("port", "CCROTATE_PORT", "server.port", _int(1, 65535), "TCP port the server binds."),
+    _spec("allow_remote", "CCROTATE_ALLOW_REMOTE", "security.allow_remote", _bool,
+          "Allow binding a non-loopback address without an auth token."),
+    _spec("accounts_path", "CCROTATE_ACCOUNTS_PATH CCPROXY_ACCOUNTS_PATH",
+          "rotation.accounts_path", _path, "The accounts file (JSON)."),
+    _spec("credentials_path", "CCROTATE_CREDENTIALS_PATH", "rotation.credentials_path", _path,
+          "The Claude CLI's own login, used when no accounts file exists."),
+    _spec("upstream_url", "CCROTATE_UPSTREAM_URL", "upstream.url",
+          lambda raw: _url(raw, base=True), "Base URL of the Anthropic API."),
+    _spec("oauth_token_url", "CCROTATE_OAUTH_TOKEN_URL", "oauth.token_url", _url,
+          "OAuth token endpoint (refresh and code exchange)."),
+    _spec("oauth_authorize_url", "CCROTATE_OAUTH_AUTHORIZE_URL", "oauth.authorize_url", _url,
+          "OAuth authorization page, for adding accounts."),
+    _spec("oauth_client_id", "CCROTATE_OAUTH_CLIENT_ID", "oauth.client_id", _text,
+          "OAuth client id (Claude Code's)."),
+    _spec("rotation_enabled", "CCROTATE_ROTATION_ENABLED CCPROXY_ROTATION_ENABLED",
+          "rotation.enabled", _bool, "Rotate over accounts; off: always the first available."),
+    _spec("strategy", "CCROTATE_STRATEGY", "rotation.strategy",
+          lambda raw: _pick(raw, STRATEGIES), "How the next account is chosen."),
+    _spec("hot_reload", "CCROTATE_HOT_RELOAD CCPROXY_HOT_RELOAD", "rotation.hot_reload", _bool,
+          "Reload the accounts file when it changes on disk."),
+    _spec("refresh_buffer", "CCROTATE_REFRESH_BUFFER CCPROXY_REFRESH_BUFFER",
+          "rotation.refresh_buffer", _seconds(zero_ok=True),
+          "Refresh an OAuth token this many seconds before it expires."),
+    _spec("max_attempts", "CCROTATE_MAX_ATTEMPTS", "rotation.max_attempts", _int(1),
+          "Accounts tried per request before giving up (failover)."),
+    _spec("default_cooldown", "CCROTATE_DEFAULT_COOLDOWN", "rotation.default_cooldown",
+          _seconds(zero_ok=False),
+          "Seconds an account rests after a 429 that says nothing about when to retry."),
+    _spec("inject_identity", "CCROTATE_INJECT_IDENTITY", "rotation.inject_identity", _bool,
+          "Prepend Claude Code's identity system block for OAuth accounts."),
+    _spec("auth_tokens", "CCROTATE_AUTH_TOKEN", "security.auth_tokens security.auth_token",
+          _tokens, "Bearer tokens clients must present; empty: no client auth.", secret=True),
+    _spec("admin_token", "CCROTATE_ADMIN_TOKEN", "security.admin_token",
+          lambda raw: None if raw is None else _token(raw),
+          "Bearer token for the admin endpoints.", secret=True),
+    _spec("max_body_size", "CCROTATE_MAX_BODY_SIZE", "security.max_body_size", _size,
+          "Largest request body accepted, in bytes ('10MB' and '512KiB' work too)."),
+    _spec("connect_timeout", "CCROTATE_CONNECT_TIMEOUT", "upstream.connect_timeout",
+          _seconds(zero_ok=False), "Seconds to connect to the upstream."),
+    _spec("read_timeout", "CCROTATE_READ_TIMEOUT", "upstream.read_timeout",
+          _seconds(zero_ok=False), "Longest gap in seconds between upstream bytes."),
+    _spec("model_aliases", "", "openai.aliases", _aliases,
+          "Model names rewritten on the OpenAI-compatible endpoint (a TOML table; no env var)."),
+    _spec("log_level", "CCROTATE_LOG_LEVEL", "logging.level",
+          lambda raw: _pick(raw, LOG_LEVELS), "One of debug, info, warning, error."),
+    _spec("access_log_path", "CCROTATE_ACCESS_LOG_DB", "logging.duckdb_path",
+          # "" means "no access log" too, so an env var can switch off the config file's.
+          lambda raw: None if raw is None or raw == "" else _path(raw),
+          "DuckDB file for the access log; unset: no access log."),
+)
+_SPECS = {spec.name: spec for spec in FIELDS}
+
+
+def _parse(spec: FieldSpec, raw: object, where: str) -> object:
+    try:
+        return spec.parse(raw)
+    except ValueError as exc:
+        got = "" if spec.secret else f", got {raw!r}"
+        raise ConfigError(f"{where}: expected {exc}{got}") from None
+
+
+def _mask(value: object) -> object:
+    if isinstance(value, tuple):
+        return tuple(map(_mask, cast("tuple[object, ...]", value)))
+    if isinstance(value, str):  # the last 4 tell tokens apart; of a short one they say too much
+        return "…" + value[-4:] if len(value) >= 16 else "<set>"
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Settings:
+    """Every ccrotate setting, validated and immutable.
+
+    Build one with :func:`load_settings`, or directly: keyword arguments are parsed
+    and checked exactly like the loader's values (``Settings(port="9000").port == 9000``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allow_remote: bool = False
+    accounts_path: Path = Path("~/.claude/accounts.json")
+    credentials_path: Path = Path("~/.claude/.credentials.json")
+    upstream_url: str = "https://api.anthropic.com"
+    oauth_token_url: str = "https://platform.claude.com/v1/oauth/token"
+    oauth_authorize_url: str = "https://claude.ai/oauth/authorize"
+    oauth_client_id: str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+    rotation_enabled: bool = True
+    strategy: str = "round_robin"
+    hot_reload: bool = True
+    refresh_buffer: float = 600.0
+    max_attempts: int = 4
+    default_cooldown: float = 60.0
+    inject_identity: bool = True
+    auth_tokens: tuple[str, ...] = ()
+    admin_token: str | None = None
+    max_body_size: int = 32 * 1024 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    model_aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}),
+                                             hash=False)
+    log_level: str = "info"
+    access_log_path: Path | None = None
+    # Where each value came from; see source_of(). Not part of equality.
+    sources: Mapping[str, str] = field(default_factory=dict[str, str], compare=False)
+
+    def __post_init__(self) -> None:
+        given = self.sources
+        sources: dict[str, str] = {}
+        for spec in FIELDS:
+            value = _parse(spec, getattr(self, spec.name), f"Settings({spec.name}=...)")
+            object.__setattr__(self, spec.name, value)  # frozen: only here, while building
+            default = spec.parse(_DEFAULTS[spec.name])
+            sources[spec.name] = given.get(spec.name) or ("default" if value == default else "code")
+        object.__setattr__(self, "sources", MappingProxyType(sources))
+
+    def source_of(self, name: str) -> str:
+        """Where setting ``name`` came from: "command line", "environment", ".env",
+        "config.toml", "default", or "code" (a constructor or :meth:`replace` argument)."""
+        return self.sources[name]
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated; their source becomes "code"."""
+        sources = {**self.sources, **dict.fromkeys(changes, "code")}
+        return dataclasses.replace(self, sources=sources, **changes)
+
+    def __repr__(self) -> str:
+        parts: list[str] = []
+        for spec in FIELDS:
+            value: object = getattr(self, spec.name)
+            if spec.secret:
+                value = _mask(value)
+            elif spec.name == "model_aliases":
+                value = dict(self.model_aliases)
+            parts.append(f"{spec.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+
+_DEFAULTS: dict[str, object] = {
+    f.name: f.default_factory() if callable(f.default_factory) else f.default
+    for f in dataclasses.fields(Settings)
+}
+
+
+# --- Loading -------------------------------------------------------------------------
+
+
+def load_settings(*, cli: Mapping[str, object] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  dotenv_path: str | os.PathLike[str] | None = None,
+                  config_path: str | os.PathLike[str] | None = None) -> Settings:
+    """Build :class:`Settings` from, highest first: ``cli``, ``env``, the .env file, the
+    config file, the defaults.
+
+    ``cli`` maps field names to values, ``None`` meaning "not given". ``env`` defaults
+    to ``os.environ``; ``dotenv_path`` to ``./.env`` and ``config_path`` to
+    ``$CCROTATE_CONFIG`` or ``~/.config/ccrotate/config.toml`` (``$XDG_CONFIG_HOME`` is
+    honoured), each read only if it exists unless named explicitly. Raises ConfigError.
+    """
+    env = os.environ if env is None else env
+    dotenv_file = Path(".env") if dotenv_path is None else Path(dotenv_path).expanduser()
+    dotenv = _read_dotenv(dotenv_file, required=dotenv_path is not None)
+    toml_file, toml = _read_config(config_path, env, dotenv)
+    given = {key: value for key, value in (cli or {}).items() if value is not None}
+    if unknown := sorted(given.keys() - _SPECS.keys()):
+        key = unknown[0]
+        raise ConfigError(f"unknown setting {key!r} (command line){_hint(key, _SPECS)}")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in FIELDS:
+        layers: list[tuple[str, str, object]] = []
+        if spec.name in given:
+            layers.append(("command line", f"{spec.name} (command line)", given[spec.name]))
+        layers += [("environment", f"{var} (environment)", env[var])
+                   for var in spec.env if var in env]
+        layers += [(".env", f"{var} ({dotenv_file} line {dotenv[var][1]})", dotenv[var][0])
+                   for var in spec.env if var in dotenv]
+        layers += [("config.toml", f"{toml_file} [{key.replace('.', '] ', 1)}", toml[key])
+                   for key in spec.toml if key in toml]
+        # Every layer is checked, not just the winner: a broken value in the config file
+        # must not lie in wait behind an override, ready to bite when it is removed.
+        parsed = [(kind, _parse(spec, raw, where)) for kind, where, raw in layers]
+        if parsed:
+            sources[spec.name], values[spec.name] = parsed[0]
+    return Settings(**values, sources=sources)
+
+
+def _hint(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _dotenv_line(line: str) -> tuple[str, str] | None:
+    """``(key, value)`` of one .env line, None for blanks and comments; ValueError if bad."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    key, sep, value = text.removeprefix("export ").partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not _ENV_KEY.fullmatch(key):
+        raise ValueError
+    if value[:1] in ("'", '"'):  # quoted: taken literally up to the closing quote
+        end = value.find(value[0], 1)
+        if end < 0 or value[end + 1:].strip()[:1] not in ("", "#"):
+            raise ValueError
+        return key, value[1:end]
+    # Unquoted: a '#' starting the value or after whitespace begins a comment ("a#b" stays).
+    return key, re.split(r"(?:^|\s+)#", value, maxsplit=1)[0]
+
+
+def _read_dotenv(path: Path, *, required: bool) -> dict[str, tuple[str, int]]:
+    if not required and not path.is_file():
+        return {}
+    entries: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(_read_text(path, ".env file").splitlines(), start=1):
+        try:
+            entry = _dotenv_line(line)
+        except ValueError:  # the line itself is not shown: it may hold a token
+            raise ConfigError(f"{path} line {number}: expected KEY=VALUE") from None
+        if entry is not None:
+            entries[entry[0]] = (entry[1], number)
+    return entries
+
+
+def _read_config(config_path: str | os.PathLike[str] | None, env: Mapping[str, str],
+                 dotenv: Mapping[str, tuple[str, int]]) -> tuple[Path | None, dict[str, object]]:
+    """The config file's path and its values flattened to {"section.key": value}."""
+    named = config_path or env.get("CCROTATE_CONFIG") or dotenv.get("CCROTATE_CONFIG", ("",))[0]
+    if named:
+        path = Path(named).expanduser()
+    else:
+        path = Path(env.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / "ccrotate/config.toml"
+        if not path.is_file():
+            return None, {}
+    try:
+        data = tomllib.loads(_read_text(path, "config file"))
+    except tomllib.TOMLDecodeError as exc:  # says line and column, never the content
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+    known = {key for spec in FIELDS for key in spec.toml}
+    sections = {key.split(".")[0] for key in known}
+    flat: dict[str, object] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section!r} is not a section; settings go in "
+                              f"sections such as [server]{_hint(section, sections)}")
+        if section not in sections:
+            raise ConfigError(f"{path}: unknown section [{section}]{_hint(section, sections)}")
+        for key, value in cast("dict[str, object]", table).items():
+            if f"{section}.{key}" not in known:
+                keys = [k.split(".")[1] for k in known if k.startswith(f"{section}.")]
+                raise ConfigError(f"{path} [{section}] {key}: unknown setting{_hint(key, keys)}")
+            flat[f"{section}.{key}"] = value
+    for spec in FIELDS:
+        if len(both := [key for key in spec.toml if key in flat]) > 1:
+            raise ConfigError(f"{path}: give only one of {' and '.join(both)}")
+    return path, flat

@@ -1,0 +1,59 @@
+"""What the proxy tells observers (metrics, access log) about each request.
+
+Observers are called synchronously at the end of a request and on each
+failover, so they must only record (increment a counter, append to a buffer)
+and never block or await: anything slow belongs in their own background task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["Failover", "Observer", "RequestRecord"]
+
+
+@dataclass(slots=True)
+class Failover:
+    """One failed attempt that moved the request to another account."""
+
+    account: str
+    reason: str
+    """``rate_limited``, ``overloaded``, ``server_error``, ``auth``, ``connection``."""
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One client request as the proxy handled it (filled in as it goes)."""
+
+    request_id: str
+    started_at: float
+    route: str
+    """``messages``, ``count_tokens``, ``models``, ``chat_completions``."""
+    method: str = "POST"
+    model: str | None = None
+    stream: bool = False
+    account: str | None = None
+    status: int = 0
+    """The status the client saw; 499 when the client went away first."""
+    attempts: int = 0
+    failovers: list[Failover] = field(default_factory=list)
+    latency: float | None = None
+    ttfb: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    error_type: str | None = None
+    client_disconnected: bool = False
+    upstream_latency: float | None = None
+    """Seconds from sending the winning attempt to its response head."""
+
+
+class Observer(Protocol):
+    """Receives request records; implementations must not block."""
+
+    def on_failover(self, record: RequestRecord, failover: Failover) -> None: ...
+
+    def on_request(self, record: RequestRecord) -> None: ...

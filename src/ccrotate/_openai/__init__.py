@@ -1,0 +1,26 @@
+"""OpenAI chat-completions <-> Anthropic Messages API translation (pure, no I/O).
+
+``OpenAITranslator`` turns a ``POST /v1/chat/completions`` body into a ``/v1/messages``
+body and turns the answer back, streamed or not. See ``docs/openai.md`` for every
+mapping and every parameter that is ignored or refused.
+"""
+
+from __future__ import annotations
+
+from ccrotate._openai._caps import ModelCapabilities, parse_model_capabilities
+from ccrotate._openai._errors import anthropic_error_to_openai, translation_error_body
+from ccrotate._openai._response import models_to_openai
+from ccrotate._openai._stream import StreamTranslator
+from ccrotate._openai._translator import CapabilitySource, OpenAITranslator, TranslatedRequest
+
+__all__ = [
+    "CapabilitySource",
+    "ModelCapabilities",
+    "OpenAITranslator",
+    "StreamTranslator",
+    "TranslatedRequest",
+    "anthropic_error_to_openai",
+    "models_to_openai",
+    "parse_model_capabilities",
+    "translation_error_body",
+]

@@ -1,0 +1,237 @@
+"""OpenAI ``messages`` -> Anthropic ``system`` + alternating ``messages``.
+
+The Messages API wants strictly alternating user/assistant turns, a user turn first,
+tool results as ``tool_result`` blocks at the *start* of the next user turn, and no empty
+text blocks. OpenAI allows all of that to vary, so this module merges, reorders and drops
+empties; it never drops content that carries meaning.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from ccrotate._exceptions import TranslationError
+from ccrotate._openai import _schema_anthropic as A
+from ccrotate._openai import _schema_openai as O
+from ccrotate._openai._caps import ModelCapabilities
+
+__all__ = ["Conversation", "convert_messages"]
+
+_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_ARGS_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_EMPTY_OBJECT = msgspec.Raw(b"{}")
+# Anthropic wants a user turn first; this stands in when a chat opens with an assistant
+# greeting (the same placeholder LiteLLM uses).
+OPENING_PLACEHOLDER = "."
+
+
+class Conversation(msgspec.Struct):
+    system: list[A.TextBlock]
+    turns: list[A.MessageParam]
+    # The last assistant turn called tools: manual-budget thinking cannot continue
+    # such a turn without its signed thinking block, which OpenAI clients do not keep.
+    tool_loop: bool = False
+
+
+def _unsupported(message: str, param: str) -> TranslationError:
+    return TranslationError(message, param=param, code="unsupported_value")
+
+
+def tool_id(raw: str, param: str) -> str:
+    """A tool call id the Messages API accepts (``^[A-Za-z0-9_-]+$``)."""
+    if not raw:
+        raise TranslationError("tool call id must not be empty", param=param,
+                               code="invalid_value")
+    return _BAD_ID_CHARS.sub("_", raw)
+
+
+def _data_url(url: str, param: str) -> tuple[str, str]:
+    header, sep, data = url[5:].partition(",")
+    media_type, _, params = header.partition(";")
+    if not sep or "base64" not in params.split(";"):
+        raise _unsupported("data URLs must be base64 encoded ('data:<type>;base64,...')",
+                           param)
+    return media_type.strip().lower(), data
+
+
+def _image(part: O.ImagePart, caps: ModelCapabilities | None, param: str) -> A.ImageBlock:
+    if caps is not None and not caps.image_input:
+        raise _unsupported("this model does not accept images", param)
+    url = part.image_url.url
+    if url.startswith("data:"):
+        media_type, data = _data_url(url, param)
+        if media_type == "image/jpg":
+            media_type = "image/jpeg"
+        if media_type not in _IMAGE_TYPES:
+            raise _unsupported(
+                f"image type {media_type!r} is not supported; use image/jpeg, image/png, "
+                "image/gif or image/webp", param)
+        return A.ImageBlock(A.Base64Source(media_type=media_type, data=data))
+    if url.startswith("https://"):
+        return A.ImageBlock(A.URLSource(url))
+    raise _unsupported("image_url must be an https:// URL or a base64 data: URL", param)
+
+
+def _document(part: O.FilePart, caps: ModelCapabilities | None, param: str) -> A.DocumentBlock:
+    ref = part.file
+    if ref.file_data is None:
+        raise _unsupported("only inline PDF files (file.file_data) are supported; "
+                           "uploaded files (file_id) are not", param)
+    if caps is not None and not caps.pdf_input:
+        raise _unsupported("this model does not accept PDF documents", param)
+    data = ref.file_data
+    if data.startswith("data:"):
+        media_type, data = _data_url(data, param)
+        if media_type != "application/pdf":
+            raise _unsupported(f"file type {media_type!r} is not supported; only "
+                               "application/pdf", param)
+    return A.DocumentBlock(A.Base64Source(media_type="application/pdf", data=data))
+
+
+def _text_parts(content: str | list[O.Part], param: str, *, refusal: bool = False,
+                ) -> list[A.TextBlock]:
+    if isinstance(content, str):
+        return [A.TextBlock(content)] if content else []
+    blocks = []
+    for j, part in enumerate(content):
+        if isinstance(part, O.TextPart):
+            text = part.text
+        elif refusal and isinstance(part, O.RefusalPart):
+            text = part.refusal
+        else:
+            raise _unsupported("only text content parts are allowed here",
+                               f"{param}[{j}]")
+        if text:
+            blocks.append(A.TextBlock(text))
+    return blocks
+
+
+def _user_parts(content: str | list[O.Part], caps: ModelCapabilities | None, param: str,
+                ) -> list[A.Block]:
+    if isinstance(content, str):
+        return [A.TextBlock(content)] if content else []
+    blocks: list[A.Block] = []
+    for j, part in enumerate(content):
+        if isinstance(part, O.TextPart):
+            if part.text:
+                blocks.append(A.TextBlock(part.text))
+        elif isinstance(part, O.ImagePart):
+            blocks.append(_image(part, caps, f"{param}[{j}]"))
+        elif isinstance(part, O.FilePart):
+            blocks.append(_document(part, caps, f"{param}[{j}]"))
+        else:
+            kind = type(part).__struct_config__.tag
+            raise _unsupported(f"content part type {kind!r} is not supported",
+                               f"{param}[{j}]")
+    return blocks
+
+
+def _tool_use(call: O.ToolCall, param: str) -> A.ToolUseBlock:
+    if call.type != "function" or call.function is None:
+        raise _unsupported(f"tool call type {call.type!r} is not supported", param)
+    args = call.function.arguments
+    raw = _EMPTY_OBJECT
+    if args.strip():
+        encoded = args.encode()
+        try:
+            _ARGS_DECODER.decode(encoded)
+        except msgspec.DecodeError:
+            raise TranslationError(
+                "function.arguments must be a JSON object encoded as a string",
+                param=f"{param}.function.arguments", code="invalid_value") from None
+        raw = msgspec.Raw(encoded)
+    return A.ToolUseBlock(id=tool_id(call.id, f"{param}.id"), name=call.function.name,
+                          input=raw)
+
+
+def _assistant_blocks(msg: O.AssistantMessage, param: str) -> list[A.Block]:
+    if O.given(msg.audio):
+        raise _unsupported("assistant audio is not supported", f"{param}.audio")
+    if O.given(msg.function_call):
+        raise _unsupported("legacy function_call is not supported; use tool_calls",
+                           f"{param}.function_call")
+    blocks: list[A.Block] = []
+    if msg.content is not None:
+        blocks.extend(_text_parts(msg.content, f"{param}.content", refusal=True))
+    elif msg.refusal:
+        blocks.append(A.TextBlock(msg.refusal))
+    for k, call in enumerate(msg.tool_calls or ()):
+        blocks.append(_tool_use(call, f"{param}.tool_calls[{k}]"))
+    return blocks
+
+
+def _tool_result(msg: O.ToolMessage, param: str) -> A.ToolResultBlock:
+    content: str | list[A.TextBlock | A.ImageBlock] | None
+    if isinstance(msg.content, str):
+        content = msg.content or None
+    else:
+        content = list(_text_parts(msg.content, f"{param}.content")) or None
+    return A.ToolResultBlock(tool_use_id=tool_id(msg.tool_call_id, f"{param}.tool_call_id"),
+                             content=content)
+
+
+def convert_messages(messages: list[O.Message], caps: ModelCapabilities | None,
+                     ) -> Conversation:
+    """Convert the OpenAI message list; raises TranslationError naming the bad part."""
+    system: list[A.TextBlock] = []
+    turns: list[A.MessageParam] = []
+    reorder: set[int] = set()  # user turns where a tool_result follows other blocks
+    for i, msg in enumerate(messages):
+        param = f"messages[{i}]"
+        blocks: list[A.Block]
+        if isinstance(msg, O.UserMessage):
+            role, blocks = "user", _user_parts(msg.content, caps, f"{param}.content")
+        elif isinstance(msg, O.AssistantMessage):
+            role, blocks = "assistant", _assistant_blocks(msg, param)
+        elif isinstance(msg, O.ToolMessage):
+            role, blocks = "user", [_tool_result(msg, param)]
+        elif isinstance(msg, (O.SystemMessage, O.DeveloperMessage)):
+            system.extend(_text_parts(msg.content, f"{param}.content"))
+            continue
+        else:
+            raise _unsupported("the legacy 'function' role is not supported; use 'tool' "
+                               "messages with tool_call_id", f"{param}.role")
+        if not blocks:
+            continue
+        if turns and turns[-1].role == role:
+            last = turns[-1].content
+            if (isinstance(blocks[0], A.ToolResultBlock) and last
+                    and not isinstance(last[-1], A.ToolResultBlock)):
+                reorder.add(len(turns) - 1)
+            last.extend(blocks)
+        else:
+            turns.append(A.MessageParam(role=role, content=blocks))
+    for index in reorder:
+        # Stable: tool results first, in their order, then everything else.
+        turns[index].content.sort(key=lambda b: not isinstance(b, A.ToolResultBlock))
+    if not turns:
+        raise TranslationError("messages must contain at least one user or assistant "
+                               "message with content", param="messages",
+                               code="invalid_value")
+    if turns[0].role != "user":
+        turns.insert(0, A.MessageParam("user", [A.TextBlock(OPENING_PLACEHOLDER)]))
+    tool_loop = False
+    if turns[-1].role == "assistant":
+        _strip_prefill(turns)
+    else:
+        last_assistant = turns[-2] if len(turns) > 1 else None
+        tool_loop = last_assistant is not None and any(
+            isinstance(b, A.ToolUseBlock) for b in last_assistant.content)
+    return Conversation(system=system, turns=turns, tool_loop=tool_loop)
+
+
+def _strip_prefill(turns: list[A.MessageParam]) -> None:
+    # The API rejects a final assistant turn whose text ends in whitespace.
+    content = turns[-1].content
+    last = content[-1]
+    if isinstance(last, A.TextBlock):
+        text = last.text.rstrip()
+        if text:
+            content[-1] = A.TextBlock(text)
+        else:
+            content.pop()
+            if not content:
+                turns.pop()

@@ -1,0 +1,181 @@
+"""The upstream HTTP client: one pooled aiohttp session per app, errors mapped to ccrotate's.
+
+aiohttp rather than httpx on this path because the proxy's cost is dominated by
+the client's connection pool under concurrency (httpcore's is an order of
+magnitude slower; see docs/benchmarks.md). Nothing from aiohttp escapes this
+module: exceptions become :class:`~ccrotate.UpstreamError` subclasses and
+responses are wrapped in :class:`UpstreamResponse`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ccrotate._exceptions import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+    from multidict import CIMultiDictProxy
+
+__all__ = ["Timeouts", "Upstream", "UpstreamResponse"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Upstream timeouts in seconds. ``read`` is the longest silence between two chunks."""
+
+    connect: float = 10.0
+    read: float = 600.0
+    pool_size: int = 512
+    """Most concurrent upstream connections (aiohttp's ``limit``)."""
+
+
+def _map(exc: BaseException) -> UpstreamError:
+    import aiohttp
+
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout("upstream timed out")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamProtocolError("upstream response was cut off")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamConnectError("upstream closed the connection")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(f"cannot connect to upstream: {exc.strerror or exc}")
+    return UpstreamConnectError(f"upstream connection failed: {type(exc).__name__}")
+
+
+@functools.cache
+def _errors() -> tuple[type[BaseException], ...]:
+    # aiohttp is imported on first use: a notebook that only uses the pool never pays for it.
+    import aiohttp
+
+    return (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class UpstreamResponse:
+    """One upstream response. Always closed by its owner: :meth:`aclose` is idempotent."""
+
+    __slots__ = ("_closed", "_resp", "headers", "raw_headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self._closed = False
+        self.status = resp.status
+        self.headers: CIMultiDictProxy[str] = resp.headers
+        self.raw_headers: Sequence[tuple[bytes, bytes]] = resp.raw_headers
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, lower-case."""
+        return self._resp.content_type
+
+    @property
+    def content_encoding(self) -> str | None:
+        """The upstream ``content-encoding``; the raw bytes are passed on still encoded."""
+        return self.headers.get("content-encoding")
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        """The whole (raw) body. Raises :class:`UpstreamProtocolError` past ``limit`` bytes."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamProtocolError("upstream body larger than the proxy accepts")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Raw body chunks as they arrive (no decompression, no re-chunking)."""
+        content = self._resp.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except _errors() as exc:
+            raise _map(exc) from None
+
+    async def aclose(self) -> None:
+        """Release the connection (back to the pool if the body was read, else dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        # Both calls are synchronous, so no cancellation can land between them.
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            # A half-read body cannot be reused: drop the connection instead.
+            self._resp.close()
+
+
+class Upstream:
+    """A pooled client to the Messages API host. Open with ``async with`` (or :meth:`start`).
+
+    The session is created lazily on the first request too, so a proxy mounted
+    in an app that never runs lifespan still works; only closing then relies on
+    the process ending.
+    """
+
+    def __init__(self, base_url: str, *, timeouts: Timeouts | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts or Timeouts()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Create the connection pool (idempotent)."""
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            t = self.timeouts
+            connector = aiohttp.TCPConnector(limit=t.pool_size, limit_per_host=0,
+                                             keepalive_timeout=30, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect,
+                                              sock_read=t.read),
+                auto_decompress=False,
+                # The client's own User-Agent is forwarded; never add aiohttp's.
+                skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        if self._session is not None:
+            with anyio.CancelScope(shield=True):
+                await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Upstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def send(self, method: str, path: str, headers: Sequence[tuple[str, str]],
+                   body: bytes | None) -> UpstreamResponse:
+        """Send one request and return once the response head has arrived."""
+        if self._session is None or self._session.closed:
+            await self.start()
+        assert self._session is not None
+        try:
+            resp = await self._session.request(
+                method, self.base_url + path, headers=headers, data=body,
+                allow_redirects=False, compress=None)
+        except _errors() as exc:
+            raise _map(exc) from None
+        return UpstreamResponse(resp)

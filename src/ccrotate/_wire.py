@@ -1,0 +1,266 @@
+"""The Messages API wire format as the proxy needs it: error bodies, request peeking,
+the Claude Code identity rule, and a light SSE scanner for usage and errors.
+
+Request bodies are decoded only as far as needed (``model``, ``stream``,
+``system``); everything else stays raw bytes, so a 115 KB Claude Code request
+costs one validating scan, not a full decode and re-encode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "IDENTITY_LINES",
+    "RequestPeek",
+    "SSEScanner",
+    "Usage",
+    "error_body",
+    "error_event",
+    "inject_identity",
+    "needs_identity",
+    "parse_error",
+]
+
+CLAUDE_CODE_IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
+IDENTITY_LINES = (
+    CLAUDE_CODE_IDENTITY,
+    "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
+)
+_BILLING_PREFIX = "x-anthropic-billing-header:"
+
+STATUS_OF_ERROR = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+class _ErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail
+    type: str = "error"
+    request_id: str | None = None
+
+
+class _ErrorIn(msgspec.Struct):
+    type: str = "api_error"
+    message: str = ""
+    details: dict[str, Any] | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorIn | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
+
+
+def error_body(type_: str, message: str, request_id: str | None = None) -> bytes:
+    """An Anthropic error body: ``{"type":"error","error":{"type","message"},"request_id"}``."""
+    return _encoder.encode(_ErrorBody(_ErrorDetail(type_, message), request_id=request_id))
+
+
+def error_event(type_: str, message: str) -> bytes:
+    """An SSE ``event: error`` frame with the same body."""
+    return b"event: error\ndata: " + error_body(type_, message) + b"\n\n"
+
+
+def parse_error(body: bytes) -> tuple[str, str, str | None]:
+    """(error type, message, details.error_code) of an Anthropic error body; lenient."""
+    try:
+        env = _error_decoder.decode(body)
+    except msgspec.DecodeError:
+        return "api_error", "", None
+    if env.error is None:
+        return "api_error", "", None
+    code = env.error.details.get("error_code") if env.error.details else None
+    return env.error.type, env.error.message, code if isinstance(code, str) else None
+
+
+class _Metadata(msgspec.Struct):
+    user_id: str | None = None
+
+
+class RequestPeek(msgspec.Struct):
+    """The few fields of a Messages request the proxy looks at."""
+
+    model: str | None = None
+    stream: bool = False
+    system: msgspec.Raw | None = None
+    metadata: _Metadata | None = None
+
+
+_peek_decoder = msgspec.json.Decoder(RequestPeek)
+_raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def peek_request(body: bytes) -> RequestPeek:
+    """Decode just enough of a request; raises ``msgspec.DecodeError`` if it is not valid."""
+    return _peek_decoder.decode(body)
+
+
+def _first_real_block(system: Any) -> str | None:
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        for block in system:
+            if not isinstance(block, dict) or block.get("type") != "text":
+                return None
+            text = block.get("text")
+            if isinstance(text, str) and text.startswith(_BILLING_PREFIX):
+                continue
+            return text if isinstance(text, str) else None
+    return None
+
+
+def needs_identity(system_raw: msgspec.Raw | None) -> bool:
+    """Whether the first real system block is not one of Claude Code's identity lines."""
+    if system_raw is None:
+        return True
+    first = _first_real_block(msgspec.json.decode(system_raw))
+    return first is None or first.strip() not in IDENTITY_LINES
+
+
+def inject_identity(body: bytes, identity: str = CLAUDE_CODE_IDENTITY) -> bytes:
+    """Put ``identity`` first among the real system blocks, keeping the client's after it."""
+    doc = _raw_object_decoder.decode(body)
+    raw = doc.get("system")
+    system: Any = msgspec.json.decode(raw) if raw is not None else None
+    ident = {"type": "text", "text": identity}
+    if system is None or system == "" or system == []:
+        blocks: list[Any] = [ident]
+    elif isinstance(system, str):
+        blocks = [ident, {"type": "text", "text": system}]
+    else:
+        blocks = list(system)
+        at = 0
+        while at < len(blocks) and isinstance(blocks[at], dict) and str(
+                blocks[at].get("text", "")).startswith(_BILLING_PREFIX):
+            at += 1
+        blocks.insert(at, ident)
+    doc["system"] = msgspec.Raw(_encoder.encode(blocks))
+    return _encoder.encode(doc)
+
+
+# -- SSE scanning ------------------------------------------------------------------------------
+
+class Usage(msgspec.Struct):
+    """Token counts as the Messages API reports them."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class _Message(msgspec.Struct):
+    usage: Usage | None = None
+
+
+class _Event(msgspec.Struct):
+    type: str = ""
+    message: _Message | None = None
+    usage: Usage | None = None
+    error: _ErrorIn | None = None
+
+
+class _Body(msgspec.Struct):
+    usage: Usage | None = None
+    stop_reason: str | None = None
+
+
+_event_decoder = msgspec.json.Decoder(_Event)
+_body_decoder = msgspec.json.Decoder(_Body)
+
+_WATCHED = (b"event: message_start", b"event: message_delta", b"event: error",
+            b"event: message_stop")
+
+
+def usage_of_body(body: bytes) -> Usage | None:
+    """The usage block of a non-streamed Messages response, if any."""
+    try:
+        return _body_decoder.decode(body).usage
+    except msgspec.DecodeError:
+        return None
+
+
+class SSEScanner:
+    """Watches a relayed Anthropic SSE stream without altering it.
+
+    It keeps only the tail of an unfinished event, decodes only the few event
+    types it cares about (usage, errors, the end), and so costs a byte search
+    per chunk on the hot path.
+    """
+
+    __slots__ = ("_buf", "error", "events", "finished", "usage")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.usage = Usage()
+        self.error: tuple[str, str] | None = None
+        self.finished = False
+        self.events = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Scan one chunk as it passes through."""
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            self._event(buf[start:end])
+            start = end + 2
+        self._buf = buf[start:] if start < len(buf) else b""
+
+    def first_event_complete(self) -> bool:
+        """Whether at least one whole event has been seen."""
+        return self.events > 0
+
+    def _event(self, frame: bytes) -> None:
+        self.events += 1
+        if not frame.startswith(_WATCHED):
+            return
+        if frame.startswith(b"event: message_stop"):
+            self.finished = True
+            return
+        at = frame.find(b"data:")
+        if at < 0:
+            return
+        try:
+            event = _event_decoder.decode(frame[at + 5:].strip())
+        except msgspec.DecodeError:
+            return
+        if event.type == "error" and event.error is not None:
+            self.error = (event.error.type, event.error.message)
+            return
+        usage = event.message.usage if event.message is not None else event.usage
+        if usage is not None:
+            _merge_usage(self.usage, usage)
+
+
+def _merge_usage(into: Usage, new: Usage) -> None:
+    # message_delta repeats cumulative counts; later values win when present.
+    if new.input_tokens is not None:
+        into.input_tokens = new.input_tokens
+    if new.output_tokens is not None:
+        into.output_tokens = new.output_tokens
+    if new.cache_creation_input_tokens is not None:
+        into.cache_creation_input_tokens = new.cache_creation_input_tokens
+    if new.cache_read_input_tokens is not None:
+        into.cache_read_input_tokens = new.cache_read_input_tokens

@@ -1,0 +1,63 @@
+"""What the fake remembers about each request it received."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ccrotate.testing._wire import mask
+
+CredentialKind = Literal["api_key", "oauth"]
+
+_SECRET_HEADERS = frozenset({"x-api-key", "authorization"})
+
+
+@dataclass(eq=False)
+class RecordedRequest:
+    """One request as the fake saw it.
+
+    ``headers`` are lower-cased ``(name, value)`` pairs in arrival order; ``json`` is the
+    parsed body (``None`` when the body is not JSON); ``credential`` is the presented
+    credential and ``kind`` what the fake took it for: the kind it was registered as, else
+    by prefix (``sk-ant-oat…`` OAuth, ``sk-ant-api…`` API key), else by header
+    (``x-api-key``: API key, ``Authorization: Bearer``: the fake's ``bearer_kind``). The
+    anthropic SDK sends API keys as ``Bearer`` too, which is why the header comes last.
+    ``status`` is the status answered and ``cancelled`` whether the client went away
+    before the response was complete. ``repr()`` masks credentials.
+    """
+
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    json: Any
+    credential: str | None
+    kind: CredentialKind | None
+    time: float
+    status: int | None = None
+    cancelled: bool = False
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``None``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def betas(self) -> list[str]:
+        """The ``anthropic-beta`` flags, from every such header, in order."""
+        return [flag.strip() for key, value in self.headers if key == "anthropic-beta"
+                for flag in value.split(",") if flag.strip()]
+
+    def __repr__(self) -> str:
+        headers = tuple((k, mask(v) if k in _SECRET_HEADERS else v) for k, v in self.headers)
+        body = repr(self.json)
+        if len(body) > 200:
+            body = body[:200] + "…"
+        return (f"RecordedRequest(method={self.method!r}, path={self.path!r}, "
+                f"query={self.query!r}, credential={mask(self.credential)!r}, "
+                f"kind={self.kind!r}, status={self.status!r}, cancelled={self.cancelled!r}, "
+                f"headers={headers!r}, json={body})")

@@ -1,0 +1,581 @@
+"""Tests for ccrotate._config: layers, parsing, error messages, secrecy."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ccrotate._config as config
+from ccrotate._config import FIELDS, FieldSpec, Settings, load_settings
+from ccrotate._exceptions import ConfigError
+
+SECRET = "sk-very-secret-token-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep the machine's ./.env and ~/.config out: cwd and HOME point into tmp_path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(**kwargs: Any) -> Settings:
+    kwargs.setdefault("env", {})
+    return load_settings(**kwargs)
+
+
+def error_of(**kwargs: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(**kwargs)
+    return str(info.value)
+
+
+# --- defaults and the table ----------------------------------------------------------
+
+
+def test_defaults(isolated: Path) -> None:
+    s = load()
+    assert s == Settings()
+    assert (s.host, s.port, s.allow_remote) == ("127.0.0.1", 8080, False)
+    assert s.accounts_path == isolated / ".claude/accounts.json"
+    assert s.credentials_path == isolated / ".claude/.credentials.json"
+    assert s.upstream_url == "https://api.anthropic.com"
+    assert s.oauth_token_url == "https://platform.claude.com/v1/oauth/token"
+    assert s.oauth_authorize_url == "https://claude.ai/oauth/authorize"
+    assert s.oauth_client_id == "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+    assert (s.rotation_enabled, s.strategy, s.hot_reload) == (True, "round_robin", True)
+    assert (s.refresh_buffer, s.max_attempts, s.default_cooldown) == (600.0, 4, 60.0)
+    assert s.inject_identity is True
+    assert (s.auth_tokens, s.admin_token) == ((), None)
+    assert s.max_body_size == 32 * 1024 * 1024
+    assert (s.connect_timeout, s.read_timeout) == (10.0, 600.0)
+    assert dict(s.model_aliases) == {}
+    assert (s.log_level, s.access_log_path) == ("info", None)
+    assert set(s.sources.values()) == {"default"}
+
+
+def test_table_matches_settings() -> None:
+    names = [f.name for f in dataclasses.fields(Settings) if f.name != "sources"]
+    assert [spec.name for spec in FIELDS] == names
+    env_vars = [var for spec in FIELDS for var in spec.env]
+    toml_keys = [key for spec in FIELDS for key in spec.toml]
+    assert len(env_vars) == len(set(env_vars))
+    assert len(toml_keys) == len(set(toml_keys))
+    assert all(spec.help and spec.toml for spec in FIELDS)
+    spec = next(s for s in FIELDS if s.name == "accounts_path")
+    assert isinstance(spec, FieldSpec)
+    assert spec.env == ("CCROTATE_ACCOUNTS_PATH", "CCPROXY_ACCOUNTS_PATH")
+    assert str(spec.default) == "~/.claude/accounts.json"
+
+
+def test_docs_list_every_setting() -> None:
+    docs = (Path(__file__).parents[1] / "docs/configuration.md").read_text(encoding="utf-8")
+    for spec in FIELDS:
+        for name in (*spec.env, *spec.toml):
+            assert f"`{name}`" in docs, name
+
+
+# --- precedence ----------------------------------------------------------------------
+
+
+def test_each_layer_beats_the_next(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[server]\nport = 1001\n")
+    dotenv = write(tmp_path / "x.env", "CCROTATE_PORT=1002\n")
+    env = {"CCROTATE_PORT": "1003"}
+    cli = {"port": 1004}
+    assert load(config_path=toml).port == 1001
+    assert load(config_path=toml, dotenv_path=dotenv).port == 1002
+    assert load(config_path=toml, dotenv_path=dotenv, env=env).port == 1003
+    s = load(config_path=toml, dotenv_path=dotenv, env=env, cli=cli)
+    assert s.port == 1004
+    assert s.source_of("port") == "command line"
+
+
+def test_source_of_names_each_layer(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[server]\nhost = 'h1'\n[rotation]\nmax_attempts = 2\n")
+    dotenv = write(tmp_path / "x.env", "CCROTATE_PORT=1\n")
+    s = load(config_path=toml, dotenv_path=dotenv, env={"CCROTATE_LOG_LEVEL": "debug"},
+             cli={"allow_remote": True})
+    assert s.source_of("max_attempts") == "config.toml"
+    assert s.source_of("host") == "config.toml"
+    assert s.source_of("port") == ".env"
+    assert s.source_of("log_level") == "environment"
+    assert s.source_of("allow_remote") == "command line"
+    assert s.source_of("read_timeout") == "default"
+    assert list(s.sources) == [spec.name for spec in FIELDS]
+
+
+def test_cli_none_means_not_given() -> None:
+    s = load(env={"CCROTATE_PORT": "9000"}, cli={"port": None, "host": "::1"})
+    assert (s.port, s.host) == (9000, "::1")
+
+
+def test_cli_unknown_key() -> None:
+    assert "unknown setting 'prot' (command line) (did you mean 'port'?)" in error_of(
+        cli={"prot": 1})
+
+
+def test_default_env_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CCROTATE_PORT", "7777")
+    assert load_settings().port == 7777
+
+
+# --- aliases -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("alias", "field", "raw", "value"), [
+    ("CCPROXY_ACCOUNTS_PATH", "accounts_path", "/a.json", Path("/a.json")),
+    ("CCPROXY_ROTATION_ENABLED", "rotation_enabled", "false", False),
+    ("CCPROXY_HOT_RELOAD", "hot_reload", "no", False),
+    ("CCPROXY_REFRESH_BUFFER", "refresh_buffer", "30", 30.0),
+])
+def test_legacy_alias(alias: str, field: str, raw: str, value: object) -> None:
+    s = load(env={alias: raw})
+    assert getattr(s, field) == value
+    assert s.source_of(field) == "environment"
+
+
+def test_canonical_name_beats_alias(tmp_path: Path) -> None:
+    env = {"CCPROXY_HOT_RELOAD": "off", "CCROTATE_HOT_RELOAD": "on"}
+    assert load(env=env).hot_reload is True
+    dotenv = write(tmp_path / "x.env", "CCPROXY_HOT_RELOAD=off\nCCROTATE_HOT_RELOAD=on\n")
+    assert load(dotenv_path=dotenv).hot_reload is True
+
+
+def test_layer_matters_more_than_name(tmp_path: Path) -> None:
+    # The alias in the environment beats the canonical name in the lower .env layer.
+    dotenv = write(tmp_path / "x.env", "CCROTATE_HOT_RELOAD=on\n")
+    assert load(dotenv_path=dotenv, env={"CCPROXY_HOT_RELOAD": "off"}).hot_reload is False
+
+
+# --- value parsing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    ("true", True), ("TRUE", True), ("1", True), ("yes", True), ("On", True), (" on ", True),
+    ("false", False), ("False", False), ("0", False), ("no", False), ("OFF", False),
+])
+def test_bool_parsing(raw: str, value: bool) -> None:
+    assert load(env={"CCROTATE_ALLOW_REMOTE": raw}).allow_remote is value
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    ("1048576", 1048576), ("10MB", 10_000_000), ("512KiB", 524288), ("1.5 MiB", 1572864),
+    ("2gib", 2 * 2**30), ("1kb", 1000), ("100B", 100), (" 7 ", 7), (4096, 4096),
+])
+def test_sizes(raw: object, value: int) -> None:
+    assert load(cli={"max_body_size": raw}).max_body_size == value
+
+
+def test_size_from_toml(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[security]\nmax_body_size = '64 KiB'\n")
+    assert load(config_path=toml).max_body_size == 65536
+    toml = write(tmp_path / "c.toml", "[security]\nmax_body_size = 1024\n")
+    assert load(config_path=toml).max_body_size == 1024
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "10XB", "", "MB", "1e6", "0.0001KB"])
+def test_bad_sizes(raw: str) -> None:
+    message = error_of(env={"CCROTATE_MAX_BODY_SIZE": raw})
+    assert message.startswith("CCROTATE_MAX_BODY_SIZE (environment): expected a size")
+
+
+def test_numbers_and_choices() -> None:
+    s = load(env={"CCROTATE_REFRESH_BUFFER": "0", "CCROTATE_READ_TIMEOUT": "1.5",
+                  "CCROTATE_MAX_ATTEMPTS": "1", "CCROTATE_LOG_LEVEL": "WARNING",
+                  "CCROTATE_STRATEGY": " Round_Robin "})
+    assert (s.refresh_buffer, s.read_timeout, s.max_attempts) == (0.0, 1.5, 1)
+    assert (s.log_level, s.strategy) == ("warning", "round_robin")
+    assert isinstance(s.refresh_buffer, float)
+
+
+def test_strategies_can_be_extended(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "expected one of 'round_robin', got 'least_used'" in error_of(
+        env={"CCROTATE_STRATEGY": "least_used"})
+    monkeypatch.setattr(config, "STRATEGIES", (*config.STRATEGIES, "least_used"))
+    assert load(env={"CCROTATE_STRATEGY": "least_used"}).strategy == "least_used"
+
+
+def test_urls() -> None:
+    s = load(env={"CCROTATE_UPSTREAM_URL": "http://localhost:9999/anthropic/",
+                  "CCROTATE_OAUTH_TOKEN_URL": "https://auth.example/token"})
+    assert s.upstream_url == "http://localhost:9999/anthropic"
+    assert s.oauth_token_url == "https://auth.example/token"
+
+
+def test_auth_tokens() -> None:
+    assert load(env={"CCROTATE_AUTH_TOKEN": "abc"}).auth_tokens == ("abc",)
+    s = load(env={"CCROTATE_AUTH_TOKEN": " abc , def,abc"})
+    assert s.auth_tokens == ("abc", "def")
+
+
+def test_auth_tokens_from_toml(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[security]\nauth_tokens = ['a1', 'b2']\n")
+    assert load(config_path=toml).auth_tokens == ("a1", "b2")
+    toml = write(tmp_path / "c.toml", "[security]\nauth_token = 'a1'\n")
+    assert load(config_path=toml).auth_tokens == ("a1",)
+    toml = write(tmp_path / "c.toml", "[security]\nauth_tokens = []\n")
+    assert load(config_path=toml).auth_tokens == ()
+    toml = write(tmp_path / "c.toml", "[security]\nauth_token = 'a'\nauth_tokens = ['b']\n")
+    assert "give only one of security.auth_tokens and security.auth_token" in error_of(
+        config_path=toml)
+
+
+@pytest.mark.parametrize("raw", ["", "a,,b", "a,", "has space", "tab\tchar", "é"])
+def test_bad_auth_tokens(raw: str) -> None:
+    message = error_of(env={"CCROTATE_AUTH_TOKEN": raw})
+    assert message.startswith("CCROTATE_AUTH_TOKEN (environment): expected a comma-separated")
+
+
+def test_model_aliases(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", '[openai.aliases]\ngpt-4o = "claude-sonnet-4-5"\n')
+    s = load(config_path=toml)
+    assert dict(s.model_aliases) == {"gpt-4o": "claude-sonnet-4-5"}
+    with pytest.raises(TypeError):
+        s.model_aliases["x"] = "y"  # type: ignore[index]
+    toml = write(tmp_path / "c.toml", "[openai.aliases]\ngpt-4o = 4\n")
+    assert f"{toml} [openai] aliases: expected a table" in error_of(config_path=toml)
+
+
+def test_access_log_path() -> None:
+    assert load(env={"CCROTATE_ACCESS_LOG_DB": "/tmp/a.duckdb"}).access_log_path == Path(
+        "/tmp/a.duckdb")
+    assert load(env={"CCROTATE_ACCESS_LOG_DB": ""}).access_log_path is None
+
+
+def test_tilde_expansion(tmp_path: Path, isolated: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[rotation]\ncredentials_path = '~/creds.json'\n")
+    s = load(config_path=toml, env={"CCROTATE_ACCOUNTS_PATH": "~/acc.json"},
+             cli={"access_log_path": "~/log.duckdb"})
+    assert s.accounts_path == isolated / "acc.json"
+    assert s.credentials_path == isolated / "creds.json"
+    assert s.access_log_path == isolated / "log.duckdb"
+    assert isinstance(s.accounts_path, Path)
+
+
+# --- errors name the setting and the source ------------------------------------------
+
+
+@pytest.mark.parametrize(("var", "raw", "expected"), [
+    ("CCROTATE_PORT", "abc", "expected an integer from 1 to 65535, got 'abc'"),
+    ("CCROTATE_PORT", "0", "expected an integer from 1 to 65535, got '0'"),
+    ("CCROTATE_PORT", "70000", "expected an integer from 1 to 65535"),
+    ("CCROTATE_HOST", " ", "expected a non-empty string"),
+    ("CCROTATE_ALLOW_REMOTE", "maybe", "expected a boolean"),
+    ("CCPROXY_HOT_RELOAD", "2", "expected a boolean"),
+    ("CCROTATE_ACCOUNTS_PATH", "", "expected a file path"),
+    ("CCROTATE_UPSTREAM_URL", "ftp://x", "expected an http:// or https:// URL with a host"),
+    ("CCROTATE_UPSTREAM_URL", "https://", "expected an http:// or https:// URL"),
+    ("CCROTATE_OAUTH_TOKEN_URL", "example.com/token", "expected an http:// or https:// URL"),
+    ("CCROTATE_OAUTH_AUTHORIZE_URL", "http://h:99999/", "expected an http:// or https:// URL"),
+    ("CCROTATE_OAUTH_CLIENT_ID", "", "expected a non-empty string"),
+    ("CCROTATE_STRATEGY", "random", "expected one of 'round_robin', got 'random'"),
+    ("CCROTATE_REFRESH_BUFFER", "-1", "expected a number of seconds >= 0, got '-1'"),
+    ("CCROTATE_MAX_ATTEMPTS", "0", "expected an integer >= 1, got '0'"),
+    ("CCROTATE_MAX_ATTEMPTS", "2.5", "expected an integer >= 1"),
+    ("CCROTATE_DEFAULT_COOLDOWN", "0", "expected a number of seconds > 0, got '0'"),
+    ("CCROTATE_CONNECT_TIMEOUT", "nan", "expected a number of seconds > 0"),
+    ("CCROTATE_READ_TIMEOUT", "inf", "expected a number of seconds > 0"),
+    ("CCROTATE_READ_TIMEOUT", "soon", "expected a number of seconds > 0"),
+    ("CCROTATE_LOG_LEVEL", "verbose", "expected one of 'debug', 'info', 'warning', 'error'"),
+])
+def test_bad_env_value(var: str, raw: str, expected: str) -> None:
+    message = error_of(env={var: raw})
+    assert message.startswith(f"{var} (environment): ")
+    assert expected in message
+
+
+def test_bad_value_in_dotenv_names_file_and_line(tmp_path: Path) -> None:
+    dotenv = write(tmp_path / "x.env", "# ports\n\nCCROTATE_PORT=http\n")
+    assert error_of(dotenv_path=dotenv) == (
+        f"CCROTATE_PORT ({dotenv} line 3): expected an integer from 1 to 65535, got 'http'")
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ("[server]\nport = 'abc'", "[server] port: expected an integer from 1 to 65535, got 'abc'"),
+    ("[server]\nport = true", "[server] port: expected an integer from 1 to 65535, got True"),
+    ("[server]\nport = 8080.0", "[server] port: expected an integer"),
+    ("[server]\nhost = 5", "[server] host: expected a non-empty string, got 5"),
+    ("[rotation]\nenabled = 'sometimes'", "[rotation] enabled: expected a boolean"),
+    ("[rotation]\nhot_reload = 1", "[rotation] hot_reload: expected a boolean"),
+    ("[upstream]\nread_timeout = false", "[upstream] read_timeout: expected a number"),
+    ("[upstream]\nurl = 'api.anthropic.com'", "[upstream] url: expected an http://"),
+    ("[logging]\nlevel = 'loud'", "[logging] level: expected one of"),
+    ("[logging]\nduckdb_path = 3", "[logging] duckdb_path: expected a file path"),
+])
+def test_bad_toml_value(tmp_path: Path, toml: str, expected: str) -> None:
+    path = write(tmp_path / "config.toml", toml + "\n")
+    assert error_of(config_path=path).startswith(f"{path} {expected}")
+
+
+def test_bad_cli_value() -> None:
+    assert error_of(cli={"port": "x"}) == (
+        "port (command line): expected an integer from 1 to 65535, got 'x'")
+
+
+def test_bad_constructor_value() -> None:
+    with pytest.raises(ConfigError, match=r"^Settings\(port=\.\.\.\): expected an integer"):
+        Settings(port=0)
+
+
+def test_overridden_bad_value_is_still_an_error(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[server]\nport = 0\n")
+    assert f"{toml} [server] port" in error_of(config_path=toml, env={"CCROTATE_PORT": "1"})
+
+
+# --- secrets -------------------------------------------------------------------------
+
+
+def test_repr_hides_secrets() -> None:
+    s = Settings(auth_tokens=(SECRET, "shorty"), admin_token=SECRET + "admin")
+    text = repr(s)
+    assert SECRET not in text
+    assert "shorty" not in text
+    assert "auth_tokens=('…6789', '<set>')" in text
+    assert "admin_token='…dmin'" in text
+    assert str(s) == text
+    assert "port=8080" in text
+    assert "admin_token=None" in repr(Settings())
+
+
+@pytest.mark.parametrize("raw", [SECRET + " x", SECRET + ",", "tok\u00e9" + SECRET])
+def test_errors_never_echo_secrets(tmp_path: Path, raw: str) -> None:
+    for var in ("CCROTATE_AUTH_TOKEN", "CCROTATE_ADMIN_TOKEN"):
+        assert SECRET not in error_of(env={var: raw})
+    assert SECRET not in error_of(cli={"admin_token": raw})
+    toml = write(tmp_path / "c.toml", f"[security]\nauth_token = {raw!r}\n")
+    assert SECRET not in error_of(config_path=toml)
+    toml = write(tmp_path / "c.toml", f"[security]\nadmin_token = [{raw!r}]\n")
+    assert SECRET not in error_of(config_path=toml)
+    with pytest.raises(ConfigError) as info:
+        Settings(admin_token=raw)
+    assert SECRET not in str(info.value)
+
+
+def test_malformed_dotenv_line_is_not_echoed(tmp_path: Path) -> None:
+    dotenv = write(tmp_path / "x.env", f"CCROTATE_AUTH_TOKEN='{SECRET}\n")
+    message = error_of(dotenv_path=dotenv)
+    assert message == f"{dotenv} line 1: expected KEY=VALUE"
+
+
+def test_malformed_toml_is_not_echoed(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", f"[security]\nauth_token = {SECRET}\n")
+    message = error_of(config_path=toml)
+    assert message.startswith(f"{toml}: invalid TOML: ")
+    assert "line 2" in message
+    assert SECRET not in message
+
+
+def test_admin_token_rejects_empty() -> None:
+    assert error_of(env={"CCROTATE_ADMIN_TOKEN": ""}) == (
+        "CCROTATE_ADMIN_TOKEN (environment): expected a token of printable ASCII "
+        "without spaces or commas")
+
+
+# --- config file ---------------------------------------------------------------------
+
+
+def test_unknown_toml_key(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[server]\nprot = 1\n")
+    assert error_of(config_path=toml) == (
+        f"{toml} [server] prot: unknown setting (did you mean 'port'?)")
+    toml = write(tmp_path / "c.toml", "[rotation]\nport = 1\n")
+    assert error_of(config_path=toml) == f"{toml} [rotation] port: unknown setting"
+
+
+def test_unknown_toml_section(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[sever]\nport = 1\n")
+    assert error_of(config_path=toml) == (
+        f"{toml}: unknown section [sever] (did you mean 'server'?)")
+    toml = write(tmp_path / "c.toml", "port = 1\n")
+    assert "'port' is not a section" in error_of(config_path=toml)
+
+
+def test_explicit_missing_config(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    assert error_of(config_path=missing) == f"{missing}: config file not found"
+    assert error_of(env={"CCROTATE_CONFIG": str(missing)}) == f"{missing}: config file not found"
+
+
+def test_explicit_missing_dotenv(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.env"
+    assert error_of(dotenv_path=missing) == f"{missing}: .env file not found"
+
+
+def test_config_named_by_env_and_dotenv(tmp_path: Path) -> None:
+    toml = write(tmp_path / "named.toml", "[server]\nport = 1234\n")
+    assert load(env={"CCROTATE_CONFIG": str(toml)}).port == 1234
+    write(tmp_path / ".env", f"CCROTATE_CONFIG={toml}\n")
+    assert load().port == 1234
+    # The config_path argument beats the environment variable.
+    other = write(tmp_path / "other.toml", "[server]\nport = 4321\n")
+    assert load(config_path=other, env={"CCROTATE_CONFIG": str(toml)}).port == 4321
+
+
+def test_default_config_missing_is_fine() -> None:
+    assert load().port == 8080
+
+
+def test_default_config_is_read(isolated: Path) -> None:
+    write(isolated / ".config/ccrotate/config.toml", "[server]\nport = 2345\n")
+    s = load()
+    assert (s.port, s.source_of("port")) == (2345, "config.toml")
+
+
+def test_xdg_config_home(tmp_path: Path) -> None:
+    write(tmp_path / "xdg/ccrotate/config.toml", "[server]\nport = 3456\n")
+    assert load(env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}).port == 3456
+
+
+def test_malformed_toml(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[server\nport = 1\n")
+    assert error_of(config_path=toml).startswith(f"{toml}: invalid TOML: ")
+
+
+def test_full_example_config(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", """
+[server]
+host = "0.0.0.0"
+port = 9000
+[security]
+allow_remote = true
+auth_tokens = ["client-token-1"]
+admin_token = "admin-token-1"
+max_body_size = "16MiB"
+[rotation]
+accounts_path = "/srv/accounts.json"
+enabled = false
+strategy = "round_robin"
+hot_reload = false
+refresh_buffer = 300
+max_attempts = 2
+default_cooldown = 30
+inject_identity = false
+[upstream]
+url = "https://gateway.example/"
+connect_timeout = 5
+read_timeout = 120
+[oauth]
+client_id = "abc"
+[openai.aliases]
+"gpt-4o" = "claude-sonnet-4-5"
+[logging]
+level = "debug"
+duckdb_path = "/var/log/ccrotate.duckdb"
+""")
+    s = load(config_path=toml)
+    assert (s.host, s.port, s.allow_remote) == ("0.0.0.0", 9000, True)
+    assert (s.auth_tokens, s.admin_token) == (("client-token-1",), "admin-token-1")
+    assert s.max_body_size == 16 * 2**20
+    assert (s.accounts_path, s.rotation_enabled, s.hot_reload) == (
+        Path("/srv/accounts.json"), False, False)
+    assert (s.refresh_buffer, s.max_attempts, s.default_cooldown) == (300.0, 2, 30.0)
+    assert s.inject_identity is False
+    assert (s.upstream_url, s.connect_timeout, s.read_timeout) == (
+        "https://gateway.example", 5.0, 120.0)
+    assert s.oauth_client_id == "abc"
+    assert dict(s.model_aliases) == {"gpt-4o": "claude-sonnet-4-5"}
+    assert (s.log_level, s.access_log_path) == ("debug", Path("/var/log/ccrotate.duckdb"))
+    assert {s.source_of(spec.name) for spec in FIELDS} == {"config.toml", "default"}
+
+
+# --- .env ----------------------------------------------------------------------------
+
+
+def test_dotenv_parsing(tmp_path: Path) -> None:
+    dotenv = write(tmp_path / "x.env", "\n".join([
+        "# a comment",
+        "   ",
+        "export CCROTATE_HOST=0.0.0.0",
+        'CCROTATE_OAUTH_CLIENT_ID="quoted # not a comment"',
+        "CCROTATE_LOG_LEVEL='debug'  # trailing comment",
+        "CCROTATE_AUTH_TOKEN=abc#def # comment after whitespace",
+        "CCROTATE_PORT = 9001",
+        "CCROTATE_PORT=9002",  # a later line wins
+        "OTHER_TOOL_SETTING=ignored",
+        "CCROTATE_ACCESS_LOG_DB=",
+    ]) + "\n")
+    s = load(dotenv_path=dotenv)
+    assert s.host == "0.0.0.0"
+    assert s.oauth_client_id == "quoted # not a comment"
+    assert s.log_level == "debug"
+    assert s.auth_tokens == ("abc#def",)
+    assert s.port == 9002
+    assert s.access_log_path is None
+    assert s.source_of("host") == ".env"
+
+
+def test_default_dotenv_in_cwd(tmp_path: Path) -> None:
+    write(tmp_path / ".env", "CCROTATE_PORT=4567\n")
+    assert load().port == 4567
+
+
+def test_dotenv_with_bom(tmp_path: Path) -> None:
+    dotenv = tmp_path / "x.env"
+    dotenv.write_bytes(b"\xef\xbb\xbfCCROTATE_PORT=4568\n")
+    assert load(dotenv_path=dotenv).port == 4568
+
+
+@pytest.mark.parametrize("line", [
+    "JUST_A_WORD", "1BAD=x", "BAD KEY=x", "=x", "K='unterminated", 'K="a" trailing', "export X",
+])
+def test_malformed_dotenv_line(tmp_path: Path, line: str) -> None:
+    dotenv = write(tmp_path / "x.env", f"# ok\nCCROTATE_PORT=1\n{line}\n")
+    assert error_of(dotenv_path=dotenv) == f"{dotenv} line 3: expected KEY=VALUE"
+
+
+# --- the object ----------------------------------------------------------------------
+
+
+def test_immutable_and_hashable() -> None:
+    s = Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.port = 1  # type: ignore[misc]
+    assert hash(s) == hash(Settings())
+    with pytest.raises(TypeError):
+        Settings("127.0.0.1")  # type: ignore[call-arg]
+
+
+def test_constructor_normalises() -> None:
+    s = Settings(port="9000", accounts_path="~/a.json", model_aliases={"a": "b"})  # type: ignore[arg-type]
+    assert s.port == 9000
+    assert s.accounts_path == Path("~/a.json").expanduser()
+    assert dict(s.model_aliases) == {"a": "b"}
+    assert s.source_of("port") == "code"
+    assert s.source_of("host") == "default"
+
+
+def test_replace() -> None:
+    s = load(env={"CCROTATE_PORT": "9000"})
+    t = s.replace(host="0.0.0.0", max_body_size="1KB")
+    assert (t.host, t.port, t.max_body_size) == ("0.0.0.0", 9000, 1000)
+    assert (t.source_of("host"), t.source_of("port")) == ("code", "environment")
+    assert s.host == "127.0.0.1"
+    with pytest.raises(ConfigError, match="port"):
+        s.replace(port=-1)
+    assert dataclasses.replace(s, port=1).port == 1
+
+
+def test_equality_ignores_sources() -> None:
+    assert load(env={"CCROTATE_PORT": "8080"}) == Settings()
+
+
+def test_docs_example_config_loads(tmp_path: Path) -> None:
+    docs = (Path(__file__).parents[1] / "docs/configuration.md").read_text(encoding="utf-8")
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    s = load(config_path=write(tmp_path / "c.toml", example))
+    assert s.auth_tokens == ("change-me-client-token",)
+    assert s.model_aliases["gpt-4o"] == "claude-sonnet-4-5"
