@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -15,14 +19,21 @@ import anyio
 import httpx
 import httpx2
 import pytest
+from anthropic.types import (
+    Message,
+    MessageParam,
+    RawContentBlockDeltaEvent,
+    TextBlock,
+    TextDelta,
+    ThinkingBlock,
+    ToolUseBlock,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from ccrotate.testing import (
-    CLAUDE_CODE_CLIENT_ID,
-    DEFAULT_MODELS,
     ApiError,
     CutStream,
     FakeUpstream,
@@ -45,13 +56,15 @@ from ccrotate.testing import (
 
 Server = ServerHandle[FakeUpstream]
 
+CLAUDE_CODE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 API_KEY = "sk-ant-api03-test-key-0001"
 OAUTH_TOKEN = "sk-ant-oat01-test-token-0001"
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
 AGENT_IDENTITY = "You are a Claude agent, built on Anthropic's Claude Agent SDK."
-BILLING = {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197; cc_entrypoint=cli;"}
+BILLING = {"type": "text",
+           "text": "x-anthropic-billing-header: cc_version=2.1.197; cc_entrypoint=cli;"}
 MODEL = "claude-sonnet-4-6"
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
@@ -77,10 +90,18 @@ def body(**extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "max_tokens": 64, "messages": HELLO, **extra}
 
 
+def text_of(message: Message) -> str:
+    return "".join(b.text for b in message.content if isinstance(b, TextBlock))
+
+
+def error_of(exc: anthropic.APIStatusError) -> dict[str, Any]:
+    assert isinstance(exc.body, dict)
+    error: dict[str, Any] = exc.body["error"]
+    return error
+
+
 def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
     """(event name, parsed data) pairs of an SSE body; asserts the data names its event."""
-    import json
-
     events = []
     for frame in text.split("\n\n"):
         if not frame.strip():
@@ -110,7 +131,8 @@ def test_sse_stream_has_the_exact_event_sequence(server: Server) -> None:
     start = events[0][1]["message"]
     assert start["id"].startswith("msg_")
     assert (start["type"], start["role"], start["model"]) == ("message", "assistant", MODEL)
-    assert start["content"] == [] and start["stop_reason"] is None
+    assert start["content"] == []
+    assert start["stop_reason"] is None
     assert {"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
             "output_tokens"} <= start["usage"].keys()
     assert "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta") \
@@ -129,10 +151,13 @@ def test_sdk_stream_accumulates_thinking_text_and_tool_use(server: Server) -> No
         deltas = [e.delta.type for e in stream if e.type == "content_block_delta"]
         final = stream.get_final_message()
     assert [b.type for b in final.content] == ["thinking", "text", "tool_use"]
-    assert final.content[0].thinking == "Let me look that up."  # type: ignore[union-attr]
-    assert final.content[0].signature  # type: ignore[union-attr]
-    assert final.content[2].input == {"city": "Paris", "unit": "celsius"}  # type: ignore[union-attr]
-    assert final.content[2].id.startswith("toolu_")  # type: ignore[union-attr]
+    thinking, tool = final.content[0], final.content[2]
+    assert isinstance(thinking, ThinkingBlock)
+    assert thinking.thinking == "Let me look that up."
+    assert thinking.signature
+    assert isinstance(tool, ToolUseBlock)
+    assert tool.input == {"city": "Paris", "unit": "celsius"}
+    assert tool.id.startswith("toolu_")
     assert {"thinking_delta", "signature_delta", "text_delta", "input_json_delta"} == set(deltas)
     assert deltas.count("input_json_delta") >= 4
     assert final.stop_reason == "tool_use"
@@ -146,13 +171,16 @@ def test_create_stream_true_and_non_streaming_agree(server: Server) -> None:
     client = sdk(server)
     events = list(client.messages.create(model=MODEL, max_tokens=64, messages=HELLO,
                                          stream=True))
-    assert events[0].type == "message_start" and events[-1].type == "message_stop"
-    streamed = "".join(e.delta.text for e in events  # type: ignore[union-attr]
-                       if e.type == "content_block_delta")
+    assert events[0].type == "message_start"
+    assert events[-1].type == "message_stop"
+    streamed = "".join(e.delta.text for e in events
+                       if isinstance(e, RawContentBlockDeltaEvent)
+                       and isinstance(e.delta, TextDelta))
     message = client.messages.create(model=MODEL, max_tokens=64, messages=HELLO)
-    assert streamed == message.content[0].text == "same answer"  # type: ignore[union-attr]
+    assert streamed == text_of(message) == "same answer"
     assert message.stop_reason == "max_tokens"
-    assert message.id.startswith("msg_") and message.model == MODEL
+    assert message.id.startswith("msg_")
+    assert message.model == MODEL
 
 
 # -- validation and credentials ----------------------------------------------------------
@@ -171,7 +199,8 @@ def test_invalid_bodies_get_invalid_request_error(server: Server, payload: Any,
     r = httpx.post(server.url + "/v1/messages", json=payload, headers={"x-api-key": API_KEY})
     assert r.status_code == 400
     error = r.json()
-    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "invalid_request_error"
     assert expected in error["error"]["message"]
     assert error["request_id"] == r.headers["request-id"]
     assert server.app.last_request.status == 400
@@ -243,7 +272,7 @@ def test_identity_rule_for_oauth(server: Server, system: Any, ok: bool) -> None:
     else:
         with pytest.raises(anthropic.BadRequestError) as info:
             client.messages.create(**body(**extra))
-        assert info.value.body["error"]["message"] == "Error"  # type: ignore[index]
+        assert error_of(info.value)["message"] == "Error"
     # API keys are not bound by the rule.
     assert sdk(server).messages.create(**body(**extra)).content
 
@@ -264,7 +293,9 @@ def test_scripted_429_reaches_the_sdk_with_headers_then_queue_moves_on(server: S
     headers = info.value.response.headers
     assert headers["retry-after"] == "30"
     assert headers["anthropic-ratelimit-requests-remaining"] == "0"
-    assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    reset = datetime.fromisoformat(headers["anthropic-ratelimit-requests-reset"])
+    assert abs(reset.timestamp() - (time.time() + 30)) < 5  # defaults to retry_after
+    assert error_of(info.value)["type"] == "rate_limit_error"
     assert client.messages.create(**body()).content  # the one-shot was consumed
     assert server.app.pending(API_KEY) == 0
 
@@ -286,7 +317,7 @@ def test_spend_cap_429_has_error_code_and_no_retry_after(server: Server) -> None
     with pytest.raises(anthropic.RateLimitError) as info:
         sdk(server).messages.create(**body())
     assert "retry-after" not in info.value.response.headers
-    error = info.value.body["error"]  # type: ignore[index]
+    error = error_of(info.value)
     assert error["details"]["error_code"] == "enforced_spend_limit_reached"
 
 
@@ -303,7 +334,7 @@ def test_scripted_status_errors(server: Server, behaviour: ApiError,
     with pytest.raises(exc) as info:
         sdk(server).messages.create(**body())
     assert info.value.status_code == behaviour.status
-    assert info.value.body["error"]["type"] == error_type  # type: ignore[index]
+    assert error_of(info.value)["type"] == error_type
     assert info.value.response.headers["request-id"].startswith("req_")
     assert "anthropic-ratelimit-requests-limit" in info.value.response.headers
 
@@ -316,7 +347,7 @@ def test_scripts_are_per_credential_with_defaults_and_shared_queue(server: Serve
         sdk(server, API_KEY).messages.create(**body())
     fake.set_default(other, Reply(text="persistent"))
     for _ in range(2):
-        assert sdk(server, other).messages.create(**body()).content[0].text == "persistent"  # type: ignore[union-attr]
+        assert text_of(sdk(server, other).messages.create(**body())) == "persistent"
     fake.script_any(Forbidden())
     with pytest.raises(anthropic.PermissionDeniedError):
         sdk(server, API_KEY).messages.create(**body())
@@ -333,7 +364,7 @@ def test_error_event_mid_stream_raises_in_the_sdk(server: Server) -> None:
         for event in sdk(server).messages.create(**body(), stream=True):
             seen.append(event.type)
     assert seen == ["message_start"]
-    assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert error_of(info.value)["type"] == "overloaded_error"
 
 
 def test_error_event_as_first_event(server: Server) -> None:
@@ -399,9 +430,7 @@ def test_gate_holds_a_request_until_released(server: Server) -> None:
 
     def call() -> None:
         message = sdk(server).messages.create(**body())
-        result.append(message.content[0].text)  # type: ignore[union-attr]
-
-    import threading
+        result.append(text_of(message))
 
     thread = threading.Thread(target=call)
     thread.start()
@@ -444,14 +473,16 @@ def test_requests_are_recorded(server: Server) -> None:
     assert (first.method, first.path, first.credential, first.kind) == \
         ("POST", "/v1/messages", API_KEY, "api_key")
     assert first.json["messages"] == HELLO
-    assert first.header("Anthropic-Beta") == "a-1,b-2" and first.betas == ["a-1", "b-2"]
+    assert first.header("Anthropic-Beta") == "a-1,b-2"
+    assert first.betas == ["a-1", "b-2"]
     assert all(name == name.lower() for name, _ in first.headers)
     assert (second.path, second.kind, second.status) == \
         ("/v1/messages/count_tokens", "oauth", 200)
     assert (third.query, third.kind) == ("beta=true", "api_key")
     assert fake.requests_for(API_KEY) == [first]
     assert fake.requests_for(path="/v1/messages") == [first, third]
-    assert API_KEY not in repr(first) and OAUTH_TOKEN not in repr(second)
+    assert API_KEY not in repr(first)
+    assert OAUTH_TOKEN not in repr(second)
 
 
 def test_subscription_utilization_headers_and_rejection(server: Server) -> None:
@@ -485,14 +516,21 @@ def test_count_tokens_is_a_deterministic_estimate(server: Server) -> None:
 
 def test_models_list_paginates_and_retrieves(server: Server) -> None:
     client = sdk(server)
-    assert [m.id for m in client.models.list()] == list(DEFAULT_MODELS)
-    assert [m.id for m in client.models.list(limit=2)] == list(DEFAULT_MODELS)  # auto-pages
+    ids = ["claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-opus-4-8",
+           "claude-sonnet-4-6", "claude-haiku-4-5"]
+    assert server.app.models == ids
+    assert [m.id for m in client.models.list()] == ids
+    assert [m.id for m in client.models.list(limit=4)] == ids  # the SDK pages through
     page = client.models.list(limit=2)
-    assert page.has_more is True and page.last_id == DEFAULT_MODELS[1]
+    assert page.has_more is True
+    assert page.last_id == ids[1]
     model = client.models.retrieve("claude-opus-4-8")
-    assert model.display_name == "Claude Opus 4.8" and model.type == "model"
+    assert model.display_name == "Claude Opus 4.8"
+    assert model.type == "model"
     with pytest.raises(anthropic.NotFoundError):
         client.models.retrieve("claude-2.1")
+    server.app.models = ["claude-test-1"]
+    assert [m.id for m in client.models.list()] == ["claude-test-1"]
 
 
 # -- OAuth token endpoint ----------------------------------------------------------------
@@ -518,7 +556,8 @@ def test_refresh_tokens_are_single_use(server: Server) -> None:
     fake.strict_auth = True  # the issued access token is now a known credential
     assert oauth_sdk(server, answer["access_token"]).messages.create(**body(system=IDENTITY))
     again = refresh(server, old)
-    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert again.status_code == 400
+    assert again.json()["error"] == "invalid_grant"
     assert old not in again.text  # never echo a credential
     assert fake.oauth.refresh_count(old) == 2
     assert refresh(server, "sk-ant-ort01-unknown").json()["error"] == "invalid_grant"
@@ -530,7 +569,8 @@ def test_refresh_without_rotation_keeps_the_old_token(server: Server) -> None:
     token = fake.oauth.add_refresh_token()
     fake.oauth.script(TokenReply(omit_refresh_token=True))
     answer = refresh(server, token).json()
-    assert "refresh_token" not in answer and answer["access_token"]
+    assert "refresh_token" not in answer
+    assert answer["access_token"]
     assert fake.oauth.is_live(token)
     assert refresh(server, token).status_code == 200
 
@@ -548,6 +588,20 @@ def test_scripted_token_failures_and_delay(server: Server) -> None:
     assert refresh(server, new).status_code == 502
     assert not fake.oauth.is_live(new)  # rotated upstream, answer lost
     assert refresh(server, new).json()["error"] == "invalid_grant"
+
+
+def test_a_client_that_gives_up_mid_refresh_loses_the_token(server: Server) -> None:
+    fake = server.app
+    token = fake.oauth.add_refresh_token()
+    fake.oauth.script(TokenReply(delay=2.0))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/oauth/token", timeout=0.2, json={
+            "grant_type": "refresh_token", "refresh_token": token,
+            "client_id": CLAUDE_CODE_CLIENT_ID})
+    assert fake.wait_cancelled(1)
+    assert fake.last_request.cancelled
+    assert refresh(server, token).json()["error"] == "invalid_grant"
+    assert len(fake.oauth.issued) == 1  # minted, never delivered
 
 
 async def test_concurrent_refreshes_of_one_token_only_one_wins(server: Server) -> None:
@@ -618,7 +672,8 @@ def test_pkce_login_with_a_pasted_code(server: Server) -> None:
     r = exchange(server, code, verifier, state, redirect)
     assert r.status_code == 200
     tokens = r.json()
-    assert tokens["refresh_token"] and tokens["access_token"].startswith("sk-ant-oat01-")
+    assert tokens["refresh_token"]
+    assert tokens["access_token"].startswith("sk-ant-oat01-")
     assert fake.oauth.is_live(tokens["refresh_token"])
     fake.strict_auth = True
     assert oauth_sdk(server, tokens["access_token"]).messages.create(**body(system=IDENTITY))
@@ -645,8 +700,6 @@ def test_serve_app_runs_lifespan_around_the_server() -> None:
     async def hello(request: Request) -> PlainTextResponse:
         return PlainTextResponse(request.app.state.greeting)
 
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         await anyio.sleep(0.05)
@@ -666,10 +719,8 @@ def test_serve_app_runs_lifespan_around_the_server() -> None:
 
 
 def test_serve_app_reports_a_failed_startup() -> None:
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> Iterator[None]:  # type: ignore[misc]
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         raise RuntimeError("no database")
         yield
 

@@ -124,15 +124,24 @@ class AccountsFile:
         nothing. Returns the accounts as written. A missing file starts empty.
         """
         with self.lock():
-            snap = self._read() if self.path.exists() else _Snapshot((), {}, (0, 0, 0))
-            current = {a.name: a for a in snap.accounts}
-            new = change(dict(current))
-            if new is None:
-                return list(snap.accounts)
-            for acc in new.values():
-                _check_name(str(self.path), acc.name)
-            self._write(self._render(snap.doc, list(new.values())))
-            return list(new.values())
+            return self.update_locked(change)
+
+    def update_locked(self, change: Callable[[dict[str, Account]], dict[str, Account] | None]
+                      ) -> list[Account]:
+        """:meth:`update` for a caller that already holds :meth:`lock`.
+
+        A token refresh needs this: it keeps the lock across re-read, token request
+        and write-back, and ``flock`` would block on a second lock in the same process.
+        """
+        snap = self._read() if self.path.exists() else _Snapshot((), {}, (0, 0, 0))
+        current = {a.name: a for a in snap.accounts}
+        new = change(dict(current))
+        if new is None:
+            return list(snap.accounts)
+        for acc in new.values():
+            _check_name(str(self.path), acc.name)
+        self._write(self._render(snap.doc, list(new.values())))
+        return list(new.values())
 
     # -- internals -------------------------------------------------------------------------
 
@@ -190,16 +199,19 @@ class AccountsFile:
 
     def _write(self, doc: dict[str, Any]) -> None:
         data = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
-        folder = self.path.parent
+        # Write through a symlink (dotfiles managers link accounts.json) instead of
+        # replacing the link with a regular file.
+        target = self.path.resolve() if self.path.is_symlink() else self.path
+        folder = target.parent
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -227,14 +239,15 @@ def discover_accounts_file(accounts_path: str | os.PathLike[str],
 
 def _check_name(where: str, name: str) -> None:
     # Names travel in headers, URLs and metric labels, so keep them to a safe alphabet.
+    if name.startswith("sk-ant-") or len(name) > 64:
+        # Most likely a token pasted where the name goes: reject it, and never echo it
+        # (names end up in headers, logs and metric labels).
+        raise AccountsFileError(where, f"an account name of {len(name)} characters looks "
+                                "like a credential or is too long (at most 64 characters)")
     if not _NAME_RE.match(name):
-        rule = ("account names are 1-64 characters of letters, digits and . _ @ + - "
-                "(starting with a letter or digit)")
-        if len(name) > 64:
-            # Most likely a token pasted where the name goes: never echo it.
-            raise AccountsFileError(where, f"an account name is {len(name)} characters long; "
-                                    + rule)
-        raise AccountsFileError(where, rule, account=name)
+        raise AccountsFileError(
+            where, "account names are 1-64 characters of letters, digits and . _ @ + - "
+            "(starting with a letter or digit)", account=name)
 
 
 def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:

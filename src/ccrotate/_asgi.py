@@ -39,6 +39,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def is_openai_client(scope: Scope) -> bool:
+    """OpenAI SDKs send neither ``anthropic-version`` nor ``x-api-key``; Anthropic's send both."""
+    return header(scope, b"anthropic-version") is None and header(scope, b"x-api-key") is None
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body, refusing more than ``limit`` bytes as early as possible."""
     declared = header(scope, b"content-length")

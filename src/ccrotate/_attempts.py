@@ -129,10 +129,18 @@ async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstrea
     tried: list[str] = []
     last: Failed | None = None
     refreshed: set[str] = set()
+    again: str | None = None  # the account whose token was just refreshed: retry it first
     backoffs = 0
     while record.attempts < config.max_attempts:
         try:
-            account = pool.acquire(attempt.pinned, exclude=tried, context=attempt.context)
+            try:
+                account = pool.acquire(again or attempt.pinned, exclude=tried,
+                                       context=attempt.context)
+            except NoAccountAvailable:
+                if again is None or attempt.pinned is not None:
+                    raise
+                account = pool.acquire(None, exclude=tried, context=attempt.context)
+            again = None
         except UnknownAccount as exc:
             return Failed.of(400, "invalid_request_error", str(exc))
         except NoAccountAvailable as exc:
@@ -149,7 +157,8 @@ async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstrea
                 return outcome
             reason, failed = outcome
             if reason == "refreshed":
-                continue  # same account again, with its new token
+                again = name
+                continue
             failed.account = name
             if reason == "client_error":
                 # The request itself is wrong: no account is to blame, none is cooled.

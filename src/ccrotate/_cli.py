@@ -120,11 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _load_commands() -> None:
     # Commands live beside what they drive; importing them registers them.
-    from ccrotate import _cli_serve  # noqa: F401
-    try:
-        from ccrotate import _cli_accounts  # noqa: F401
-    except ImportError:  # pragma: no cover - present once the token lifecycle ships
-        pass
+    from ccrotate import _cli_accounts, _cli_serve  # noqa: F401
 
 
 if __name__ == "__main__":  # pragma: no cover

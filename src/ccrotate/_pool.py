@@ -9,6 +9,7 @@ report the outcome back.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -31,6 +32,7 @@ __all__ = ["AccountPool", "AccountStatus", "MemoryStateStore", "PoolEvent", "Rel
            "StateStore"]
 
 _NO_CONTEXT = SelectionContext()
+log = logging.getLogger("ccrotate.pool")
 
 
 class StateStore(Protocol):
@@ -221,7 +223,11 @@ class AccountPool:
                 candidates = self._candidates(now, exclude)
                 if not candidates:
                     raise self._unavailable_all(now, exclude)
-                rt = self._rt(self._strategy.select(candidates, context or _NO_CONTEXT))
+                chosen = self._strategy.select(candidates, context or _NO_CONTEXT)
+                if not any(c.name == chosen for c in candidates):
+                    # A custom strategy must never hand out a cooling or unknown account.
+                    raise ValueError(f"strategy chose {chosen!r}, which is not a candidate")
+                rt = self._rt(chosen)
             rt.requests += 1
             rt.in_flight += 1
             rt.last_used = now
@@ -373,7 +379,11 @@ class AccountPool:
         if event is None:
             return
         for listener in self._listeners:
-            listener(event)
+            # A broken metrics hook must not fail the request that reported the outcome.
+            try:
+                listener(event)
+            except Exception:
+                log.exception("pool listener %r failed on %s", listener, event.event.value)
 
     def _expire(self, rt: AccountRuntime, now: float) -> None:
         if rt.state is AccountState.RATE_LIMITED and rt.cooldown_until <= now:

@@ -10,6 +10,7 @@ serves every request concurrently.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from ccrotate._asgi import (
     Receive,
     Scope,
     Send,
+    is_openai_client,
     read_body,
     route_path,
     send_bytes,
@@ -49,6 +51,9 @@ __all__ = ["ProxyConfig", "RotatingProxy", "RotationMiddleware"]
 
 Authenticator = Callable[[Sequence[tuple[bytes, bytes]]], bool]
 
+# One path segment that cannot be a dot segment: anything else after /v1/models/
+# (``..``, decoded ``%2f``) would let the upstream URL escape the models route.
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
 _ROUTES = {
     "/v1/messages": ("messages", "POST"),
     "/v1/messages/count_tokens": ("count_tokens", "POST"),
@@ -112,7 +117,7 @@ class RotatingProxy:
         self.authenticate = authenticate
         self.observers = list(observers)
         self.openai = openai
-        self._loop = LoopConfig(max_attempts=config.max_attempts,
+        self.loop_config = LoopConfig(max_attempts=config.max_attempts,
                                 backoff_base=config.backoff_base,
                                 backoff_cap=config.backoff_cap)
         self._identity = config.identity if config.inject_identity else None
@@ -136,7 +141,8 @@ class RotatingProxy:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
         route = _ROUTES.get(path)
-        if route is None and path.startswith("/v1/models/"):
+        if (route is None and path.startswith("/v1/models/")
+                and _MODEL_ID.fullmatch(path[len("/v1/models/"):])):
             route = ("models", "GET")
         openai = route is not None and route[0] == "chat_completions"
         if route is None or (openai and self.openai is None):
@@ -153,6 +159,8 @@ class RotatingProxy:
         try:
             if self.openai is not None and openai:
                 await self.openai.handle(self, scope, receive, send, record, t0)
+            elif self.openai is not None and name == "models" and is_openai_client(scope):
+                await self.openai.handle_models(self, scope, receive, send, record, t0)
             else:
                 await self._anthropic(scope, receive, send, record, t0)
         finally:
@@ -165,14 +173,14 @@ class RotatingProxy:
         """Authenticate and read the body; on refusal, answer and return ``None``."""
         if self.authenticate is not None and not self.authenticate(scope["headers"]):
             record.status, record.error_type = 401, "authentication_error"
-            await _reply(send, Failed.of(401, "authentication_error",
-                                         "ccrotate: invalid or missing client key"))
+            await _refuse(send, record, Failed.of(401, "authentication_error",
+                                                  "ccrotate: invalid or missing client key"))
             return None
         try:
             return await read_body(scope, receive, self.config.max_body_size)
         except BodyTooLarge:
             record.status, record.error_type = 413, "request_too_large"
-            await _reply(send, Failed.of(
+            await _refuse(send, record, Failed.of(
                 413, "request_too_large",
                 f"ccrotate: request body exceeds {self.config.max_body_size} bytes"))
         except ClientGone:
@@ -210,21 +218,24 @@ class RotatingProxy:
     async def serve(self, attempt: Attempt, receive: Receive, send: Send,
                     record: RequestRecord, t0: float, *, relay: Any) -> None:
         """Run the failover loop and ``relay`` the winner while watching for a disconnect."""
+        relayed = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_disconnect, receive, tg.cancel_scope, record)
             try:
                 outcome = await run_attempts(attempt, pool=self.pool, upstream=self.upstream,
-                                             record=record, config=self._loop,
+                                             record=record, config=self.loop_config,
                                              refresher=self.refresher,
                                              observers=self.observers)
                 if isinstance(outcome, Failed):
                     record.account = outcome.account
                     record.status = outcome.status
                     await relay(send, outcome, record, t0)
+                    relayed = True
                 else:
                     record.account = outcome.account.name
                     try:
                         await relay(send, outcome, record, t0)
+                        relayed = True
                     finally:
                         await outcome.response.aclose()
                         self.pool.release(outcome.account.name)
@@ -233,6 +244,10 @@ class RotatingProxy:
                 record.client_disconnected = True
             finally:
                 tg.cancel_scope.cancel()
+        if relayed:
+            # Servers answer receive() with http.disconnect once the response is complete,
+            # and the watcher may read that before it is cancelled: not a client leaving.
+            record.client_disconnected = False
         if record.client_disconnected:
             record.status = 499
 
@@ -296,6 +311,15 @@ async def _reply(send: Send, failed: Failed) -> None:
     if failed.account is not None:
         headers.append((b"x-ccrotate-account", failed.account.encode()))
     await send_bytes(send, failed.status, headers, failed.body)
+
+
+async def _refuse(send: Send, record: RequestRecord, failed: Failed) -> None:
+    # Refusals before any account is involved speak the route's own error shape:
+    # OpenAI clients only understand {"error": {"message", "type", "param", "code"}}.
+    if record.route == "chat_completions":
+        from ccrotate._openai._errors import anthropic_error_to_openai
+        failed.status, failed.body = anthropic_error_to_openai(failed.status, failed.body)
+    await _reply(send, failed)
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope,

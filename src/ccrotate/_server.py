@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,17 +17,20 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from ccrotate._accounts_file import AccountsFile, discover_accounts_file
 from ccrotate._auth import ClientAuth
 from ccrotate._config import Settings
+from ccrotate._dashboard import install_observability
+from ccrotate._health import health_endpoint
 from ccrotate._observe import Observer
+from ccrotate._openai_route import OpenAIRoute
 from ccrotate._pool import AccountPool
 from ccrotate._proxy import ProxyConfig, RotatingProxy
-from ccrotate._state import AccountState
+from ccrotate._refresh import TokenRefresher
+from ccrotate._reload import AccountsWatcher
+from ccrotate._status import StatusMount, status_app, status_auth
 from ccrotate._upstream import Timeouts
 
 __all__ = ["Components", "Service", "build_components", "create_app", "is_loopback"]
@@ -81,26 +83,45 @@ def build_components(settings: Settings, *, pool: AccountPool | None = None,
         inject_identity=settings.inject_identity, max_body_size=settings.max_body_size,
         timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
     auth = ClientAuth(settings.auth_tokens) if settings.auth_tokens else None
-    proxy = RotatingProxy(pool, config=config, authenticate=auth)
-    return Components(settings=settings, pool=pool, accounts_file=accounts_file, proxy=proxy)
+    # Token refresh and hot reload (see docs/tokens.md); nothing runs until the lifespan.
+    refresher = TokenRefresher(pool, accounts_file, token_url=settings.oauth_token_url,
+                               client_id=settings.oauth_client_id,
+                               refresh_buffer=settings.refresh_buffer)
+    openai = OpenAIRoute(model_aliases=settings.model_aliases)
+    proxy = RotatingProxy(pool, config=config, authenticate=auth, refresher=refresher,
+                          openai=openai)
+    components = Components(settings=settings, pool=pool, accounts_file=accounts_file,
+                            proxy=proxy, services=[refresher])
+    components.extras["refresher"] = refresher
+    if settings.hot_reload and accounts_file is not None:
+        watcher = AccountsWatcher(pool, accounts_file, refresher=refresher)
+        components.services.append(watcher)
+        components.extras["watcher"] = watcher  # .last_error: why the file is not applied
+    # Access log, metrics, /logs/*, /metrics and /dashboard (see docs/observability.md).
+    install_observability(components)
+    return components
 
 
 def create_app(settings: Settings | None = None, *, pool: AccountPool | None = None,
                accounts_file: AccountsFile | None = None,
                components: Components | None = None) -> Starlette:
-    """The reference server as a Starlette app (proxy at ``/api``, ``/health``)."""
+    """The reference server as a Starlette app (proxy at ``/api``, ``/health``, ``/status``)."""
     if components is None:
         components = build_components(settings or Settings(), pool=pool,
                                       accounts_file=accounts_file)
     c = components
     c.proxy.observers.extend(c.observers)
 
-    async def health(request: Request) -> JSONResponse:
-        return _health(c.pool)
-
+    read_auth, admin_auth = status_auth(c.settings.auth_tokens, c.settings.admin_token)
+    watcher = c.extras.get("watcher")
+    reload_error = c.extras.get("reload_error") or (
+        (lambda: watcher.last_error) if watcher is not None else None)
+    status = status_app(c.pool, refresher=c.extras.get("refresher") or c.proxy.refresher,
+                        read_auth=read_auth, admin_auth=admin_auth, reload_error=reload_error)
     routes: list[BaseRoute] = [
         Mount("/api", app=c.proxy),
-        Route("/health", health, methods=["GET"]),
+        Route("/health", health_endpoint(c.pool), methods=["GET"]),
+        StatusMount("/status", status),
         *c.routes,
     ]
 
@@ -112,18 +133,6 @@ def create_app(settings: Settings | None = None, *, pool: AccountPool | None = N
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.ccrotate = c
     return app
-
-
-def _health(pool: AccountPool) -> JSONResponse:
-    counts = {state.value: 0 for state in AccountState}
-    for status in pool.statuses():
-        counts[status.state.value] += 1
-    ok = counts[AccountState.AVAILABLE.value] > 0
-    soonest = pool.soonest_recovery()
-    body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "accounts": counts}
-    if not ok and soonest is not None:
-        body["retryAfter"] = max(0, round(soonest - time.time()))
-    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 class _ServiceGroup:

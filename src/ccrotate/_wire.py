@@ -99,7 +99,9 @@ class RequestPeek(msgspec.Struct):
 
     model: str | None = None
     stream: bool = False
-    system: msgspec.Raw | None = None
+    # msgspec cannot decode ``Raw | None`` (it accepts only null), so absence is an
+    # empty Raw instead.
+    system: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     metadata: _Metadata | None = None
 
 
@@ -128,7 +130,7 @@ def _first_real_block(system: Any) -> str | None:
 
 def needs_identity(system_raw: msgspec.Raw | None) -> bool:
     """Whether the first real system block is not one of Claude Code's identity lines."""
-    if system_raw is None:
+    if not system_raw:
         return True
     first = _first_real_block(msgspec.json.decode(system_raw))
     return first is None or first.strip() not in IDENTITY_LINES

@@ -116,7 +116,7 @@ def from_validation_error(exc: msgspec.ValidationError) -> TranslationError:
         path = f"{path}.{field}" if path else field
         code = "unknown_parameter"
         what = f"Unrecognized request argument supplied: {field}"
-    elif what.startswith("Invalid value") and path.endswith((".type", ".role")):
+    elif what.startswith("Invalid value") and path.endswith(".type"):
         # A tag that names no known variant: the whole object is what is unsupported.
         path = path.rsplit(".", 1)[0]
         code = "unsupported_value"

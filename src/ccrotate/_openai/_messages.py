@@ -40,12 +40,15 @@ def _unsupported(message: str, param: str) -> TranslationError:
     return TranslationError(message, param=param, code="unsupported_value")
 
 
-def tool_id(raw: str, param: str) -> str:
-    """A tool call id the Messages API accepts (``^[A-Za-z0-9_-]+$``)."""
-    if not raw:
-        raise TranslationError("tool call id must not be empty", param=param,
-                               code="invalid_value")
-    return _BAD_ID_CHARS.sub("_", raw)
+def _safe_id(raw: str) -> str:
+    # The Messages API wants ^[A-Za-z0-9_-]+$; other providers' ids (e.g.
+    # "functions.get_weather:0") are mapped the same way on both sides of the pair.
+    return _BAD_ID_CHARS.sub("_", raw) if _BAD_ID_CHARS.search(raw) else raw
+
+
+def _empty_id(param: str) -> TranslationError:
+    return TranslationError("tool call id must not be empty", param=param,
+                            code="invalid_value")
 
 
 def _data_url(url: str, param: str) -> tuple[str, str]:
@@ -91,7 +94,11 @@ def _document(part: O.FilePart, caps: ModelCapabilities | None, param: str) -> A
     return A.DocumentBlock(A.Base64Source(media_type="application/pdf", data=data))
 
 
-def _text_parts(content: str | list[O.Part], param: str, *, refusal: bool = False,
+# Parameter paths such as ``messages[3].content[1]`` are only formatted when an error
+# is raised: building them for every message would be most of the translation's cost.
+
+
+def _text_parts(content: str | list[O.Part], i: int, *, refusal: bool = False,
                 ) -> list[A.TextBlock]:
     if isinstance(content, str):
         return [A.TextBlock(content)] if content else []
@@ -103,13 +110,13 @@ def _text_parts(content: str | list[O.Part], param: str, *, refusal: bool = Fals
             text = part.refusal
         else:
             raise _unsupported("only text content parts are allowed here",
-                               f"{param}[{j}]")
+                               f"messages[{i}].content[{j}]")
         if text:
             blocks.append(A.TextBlock(text))
     return blocks
 
 
-def _user_parts(content: str | list[O.Part], caps: ModelCapabilities | None, param: str,
+def _user_parts(content: str | list[O.Part], caps: ModelCapabilities | None, i: int,
                 ) -> list[A.Block]:
     if isinstance(content, str):
         return [A.TextBlock(content)] if content else []
@@ -119,58 +126,62 @@ def _user_parts(content: str | list[O.Part], caps: ModelCapabilities | None, par
             if part.text:
                 blocks.append(A.TextBlock(part.text))
         elif isinstance(part, O.ImagePart):
-            blocks.append(_image(part, caps, f"{param}[{j}]"))
+            blocks.append(_image(part, caps, f"messages[{i}].content[{j}]"))
         elif isinstance(part, O.FilePart):
-            blocks.append(_document(part, caps, f"{param}[{j}]"))
+            blocks.append(_document(part, caps, f"messages[{i}].content[{j}]"))
         else:
             kind = type(part).__struct_config__.tag
             raise _unsupported(f"content part type {kind!r} is not supported",
-                               f"{param}[{j}]")
+                               f"messages[{i}].content[{j}]")
     return blocks
 
 
-def _tool_use(call: O.ToolCall, param: str) -> A.ToolUseBlock:
-    if call.type != "function" or call.function is None:
-        raise _unsupported(f"tool call type {call.type!r} is not supported", param)
-    args = call.function.arguments
+def _tool_use(call: O.ToolCall, i: int, k: int) -> A.ToolUseBlock:
+    fn = call.function
+    if call.type != "function" or fn is None:
+        raise _unsupported(f"tool call type {call.type!r} is not supported",
+                           f"messages[{i}].tool_calls[{k}]")
     raw = _EMPTY_OBJECT
-    if args.strip():
-        encoded = args.encode()
+    if fn.arguments and not fn.arguments.isspace():
+        encoded = fn.arguments.encode()
         try:
             _ARGS_DECODER.decode(encoded)
         except msgspec.DecodeError:
             raise TranslationError(
                 "function.arguments must be a JSON object encoded as a string",
-                param=f"{param}.function.arguments", code="invalid_value") from None
+                param=f"messages[{i}].tool_calls[{k}].function.arguments",
+                code="invalid_value") from None
         raw = msgspec.Raw(encoded)
-    return A.ToolUseBlock(id=tool_id(call.id, f"{param}.id"), name=call.function.name,
-                          input=raw)
+    if not call.id:
+        raise _empty_id(f"messages[{i}].tool_calls[{k}].id")
+    return A.ToolUseBlock(id=_safe_id(call.id), name=fn.name, input=raw)
 
 
-def _assistant_blocks(msg: O.AssistantMessage, param: str) -> list[A.Block]:
+def _assistant_blocks(msg: O.AssistantMessage, i: int) -> list[A.Block]:
     if O.given(msg.audio):
-        raise _unsupported("assistant audio is not supported", f"{param}.audio")
+        raise _unsupported("assistant audio is not supported", f"messages[{i}].audio")
     if O.given(msg.function_call):
         raise _unsupported("legacy function_call is not supported; use tool_calls",
-                           f"{param}.function_call")
+                           f"messages[{i}].function_call")
     blocks: list[A.Block] = []
     if msg.content is not None:
-        blocks.extend(_text_parts(msg.content, f"{param}.content", refusal=True))
+        blocks.extend(_text_parts(msg.content, i, refusal=True))
     elif msg.refusal:
         blocks.append(A.TextBlock(msg.refusal))
-    for k, call in enumerate(msg.tool_calls or ()):
-        blocks.append(_tool_use(call, f"{param}.tool_calls[{k}]"))
+    if msg.tool_calls:
+        blocks.extend(_tool_use(call, i, k) for k, call in enumerate(msg.tool_calls))
     return blocks
 
 
-def _tool_result(msg: O.ToolMessage, param: str) -> A.ToolResultBlock:
+def _tool_result(msg: O.ToolMessage, i: int) -> A.ToolResultBlock:
     content: str | list[A.TextBlock | A.ImageBlock] | None
     if isinstance(msg.content, str):
         content = msg.content or None
     else:
-        content = list(_text_parts(msg.content, f"{param}.content")) or None
-    return A.ToolResultBlock(tool_use_id=tool_id(msg.tool_call_id, f"{param}.tool_call_id"),
-                             content=content)
+        content = list(_text_parts(msg.content, i)) or None
+    if not msg.tool_call_id:
+        raise _empty_id(f"messages[{i}].tool_call_id")
+    return A.ToolResultBlock(tool_use_id=_safe_id(msg.tool_call_id), content=content)
 
 
 def convert_messages(messages: list[O.Message], caps: ModelCapabilities | None,
@@ -180,20 +191,19 @@ def convert_messages(messages: list[O.Message], caps: ModelCapabilities | None,
     turns: list[A.MessageParam] = []
     reorder: set[int] = set()  # user turns where a tool_result follows other blocks
     for i, msg in enumerate(messages):
-        param = f"messages[{i}]"
         blocks: list[A.Block]
         if isinstance(msg, O.UserMessage):
-            role, blocks = "user", _user_parts(msg.content, caps, f"{param}.content")
+            role, blocks = "user", _user_parts(msg.content, caps, i)
         elif isinstance(msg, O.AssistantMessage):
-            role, blocks = "assistant", _assistant_blocks(msg, param)
+            role, blocks = "assistant", _assistant_blocks(msg, i)
         elif isinstance(msg, O.ToolMessage):
-            role, blocks = "user", [_tool_result(msg, param)]
+            role, blocks = "user", [_tool_result(msg, i)]
         elif isinstance(msg, (O.SystemMessage, O.DeveloperMessage)):
-            system.extend(_text_parts(msg.content, f"{param}.content"))
+            system.extend(_text_parts(msg.content, i))
             continue
         else:
             raise _unsupported("the legacy 'function' role is not supported; use 'tool' "
-                               "messages with tool_call_id", f"{param}.role")
+                               "messages with tool_call_id", f"messages[{i}].role")
         if not blocks:
             continue
         if turns and turns[-1].role == role:

@@ -45,6 +45,14 @@ def _invalid(param: str, message: str) -> TranslationError:
 
 
 def _reject_unsupported(req: O.ChatRequest) -> None:
+    # Fast path for the usual request that sets none of them (absent Raw has length 0).
+    if (req.n is None and not (req.logprobs or req.top_logprobs or req.logit_bias
+                               or req.presence_penalty or req.frequency_penalty
+                               or req.modalities or req.verbosity)
+            and not (len(req.audio) or len(req.prediction) or len(req.functions)
+                     or len(req.function_call) or len(req.web_search_options)
+                     or len(req.moderation))):
+        return
     checks = (
         ("n", req.n is not None and req.n != 1,
          "only n=1 is supported: the Messages API returns one choice"),
@@ -154,10 +162,14 @@ def _reasoning(effort: str | None, caps: ModelCapabilities | None, max_tokens: i
         # Manual-budget thinking cannot continue a tool-use turn without that turn's
         # signed thinking block, which OpenAI clients never send back: think next turn.
         return None, None, max_tokens
-    if not (explicit and max_tokens > budget):
-        max_tokens += budget
-    if caps is not None and caps.max_tokens:
-        max_tokens = min(max_tokens, caps.max_tokens)
+    answer = max_tokens
+    if not (explicit and answer > budget):
+        max_tokens = answer + budget
+    if caps is not None and caps.max_tokens and max_tokens > caps.max_tokens:
+        # Capped by the model: shrink the budget rather than the answer's share, which
+        # keeps at least half of the total.
+        max_tokens = caps.max_tokens
+        budget = max(1024, min(budget, max_tokens - min(answer, max_tokens // 2)))
     if adaptive:
         level: str | None = _EFFORTS[effort]
         if caps is not None and level is not None:
@@ -254,8 +266,6 @@ def build_request(req: O.ChatRequest, model: str, caps: ModelCapabilities | None
         no_parallel = True if req.parallel_tool_calls is False and kind != "none" else None
         if kind != "unset" or no_parallel:
             choice = A.ToolChoiceParam("auto" if kind == "unset" else kind, name, no_parallel)
-    elif kind in ("any", "tool"):
-        raise _invalid("tool_choice", "tool_choice needs tools")
 
     temperature, top_p = _sampling(req, sampling, thinking_on)
     stops = [req.stop] if isinstance(req.stop, str) else req.stop or []

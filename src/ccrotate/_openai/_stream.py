@@ -117,8 +117,12 @@ class StreamTranslator:
                 return b"".join(out)
             start = end + 2
             end = buf.find(b"\n\n", start)
-        self._buf = buf[start:]
-        self._scan = max(len(self._buf) - 1, 0)
+        if start < len(buf):
+            self._buf = rest = buf[start:]
+            self._scan = len(rest) - 1
+        else:
+            self._buf = b""
+            self._scan = 0
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -155,13 +159,20 @@ class StreamTranslator:
         self._prefix = self._head + b'"choices":[{"index":0,"delta":'
 
     def _block(self, block: bytes, out: list[bytes | msgspec.Raw]) -> None:
-        data = None
-        for line in block.split(b"\n"):
-            if line.startswith(b"data:"):
-                value = line[6:] if line[5:6] == b" " else line[5:]
-                data = value if data is None else data + b"\n" + value
+        # Anthropic's shape is "event: NAME\ndata: JSON"; anything else takes the general
+        # path (several data lines are joined with "\n", comments are skipped).
+        data: bytes | None = None
+        if block.startswith(b"event:"):
+            cut = block.find(b"\ndata: ")
+            if cut > 0 and block.find(b"\n", cut + 1) < 0:
+                data = block[cut + 7:]
         if data is None:
-            return  # comment or event-name-only block
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    value = line[6:] if line[5:6] == b" " else line[5:]
+                    data = value if data is None else data + b"\n" + value
+            if data is None:
+                return  # comment or event-name-only block
         try:
             event = A.EVENT_DECODER.decode(data)
         except msgspec.DecodeError:

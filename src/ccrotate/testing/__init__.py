@@ -53,19 +53,9 @@ from ccrotate.testing._oauth import (
 from ccrotate.testing._records import RecordedRequest
 from ccrotate.testing._server import ServerHandle, serve_app
 from ccrotate.testing._sync import Gate
-from ccrotate.testing._wire import (
-    CLAUDE_CODE_CLIENT_ID,
-    DEFAULT_MODELS,
-    IDENTITY_LINES,
-    OAUTH_BETA,
-    Limits,
-)
+from ccrotate.testing._wire import Limits
 
 __all__ = [
-    "CLAUDE_CODE_CLIENT_ID",
-    "DEFAULT_MODELS",
-    "IDENTITY_LINES",
-    "OAUTH_BETA",
     "ApiError",
     "Behaviour",
     "CutStream",

@@ -114,17 +114,24 @@ class ApiError:
 class RateLimited(ApiError):
     """429 ``rate_limit_error``.
 
-    OAuth credentials get unified headers with status ``rejected`` for ``claim`` and a
-    reset ``reset_after`` seconds from now; API keys get ``requests-remaining: 0``.
-    ``retry-after`` is sent only when ``retry_after`` is set (subscription 429s often
-    have none).
+    OAuth credentials get unified headers with status ``rejected`` for ``claim``; API
+    keys get ``requests-remaining: 0``. Either way the limit resets ``reset_after``
+    seconds from now (default: ``retry_after`` when set, else an hour). ``retry-after``
+    is sent only when ``retry_after`` is set (subscription 429s often have none).
     """
 
     status: int = 429
     error_type: str = "rate_limit_error"
     message: str = "This request would exceed your account's rate limit. Please try again later."
-    reset_after: float = 3600.0
+    reset_after: float | None = None
     claim: str = "five_hour"
+
+    @property
+    def resets_in(self) -> float:
+        """Seconds until the limit resets, as the headers will say."""
+        if self.reset_after is not None:
+            return self.reset_after
+        return self.retry_after if self.retry_after is not None else 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)

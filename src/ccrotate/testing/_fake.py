@@ -17,53 +17,19 @@ from ccrotate.testing import _wire as wire
 from ccrotate.testing._asgi import Plan, lifespan, quiet_uvicorn_cuts, read_body, respond
 from ccrotate.testing._behaviours import Behaviour, RateLimited, Reply
 from ccrotate.testing._oauth import FakeOAuth
-from ccrotate.testing._records import CredentialKind, RecordedRequest
+from ccrotate.testing._records import (
+    CredentialKind,
+    RecordedRequest,
+    credential_of,
+    kind_by_shape,
+    request_problem,
+)
 from ccrotate.testing._replies import ReplyPlanner
 from ccrotate.testing._sync import Tally
 
 _JSON = (b"content-type", b"application/json")
 
 quiet_uvicorn_cuts()
-
-
-def _credential(headers: dict[str, str]) -> tuple[str | None, CredentialKind | None]:
-    """The presented credential and the kind its header suggests."""
-    # x-api-key wins when both are sent, as it does upstream.
-    if key := headers.get("x-api-key", "").strip():
-        return key, "api_key"
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip(), "oauth"
-    return None, None
-
-
-def _kind_by_shape(credential: str) -> CredentialKind | None:
-    if credential.startswith("sk-ant-oat"):
-        return "oauth"
-    if credential.startswith("sk-ant-api"):
-        return "api_key"
-    return None
-
-
-def _problem(body: Any, *, need_max_tokens: bool) -> str | None:
-    """The validation message the real API would give, or ``None`` when valid."""
-    if not isinstance(body, dict):
-        return "There was an issue parsing your request body as a JSON object."
-    fields: list[tuple[str, type, str]] = [("model", str, "a valid string")]
-    if need_max_tokens:
-        fields.append(("max_tokens", int, "a valid integer"))
-    fields.append(("messages", list, "a valid list"))
-    for name, kind, what in fields:
-        value = body.get(name)
-        if value is None:
-            return f"{name}: Field required"
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"{name}: Input should be {what}"
-    if not body["messages"]:
-        return "messages: at least one message is required"
-    if "stream" in body and not isinstance(body["stream"], bool):
-        return "stream: Input should be a valid boolean"
-    return None
 
 
 class FakeUpstream:
@@ -142,6 +108,7 @@ class FakeUpstream:
             self._limits[credential] = limits
 
     def limits_for(self, credential: str | None) -> wire.Limits:
+        """The rate-limit state in effect for ``credential``."""
         with self._lock:
             return self._limits.get(credential) or self._limits[None]
 
@@ -228,7 +195,7 @@ class FakeUpstream:
             return
         body = await read_body(receive)
         rec = self._record(scope, body)
-        plan = await self._route(rec)
+        plan = self._route(rec)
         with self._lock:
             rec.status = plan.status
         plan.on_cancel = lambda: self._on_cancel(rec)
@@ -242,11 +209,11 @@ class FakeUpstream:
     def _record(self, scope: Scope, body: bytes) -> RecordedRequest:
         headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1"))
                         for k, v in scope["headers"])
-        credential, kind = _credential(dict(headers))
+        credential, kind = credential_of(dict(headers))
         if credential is not None:
             # The SDK sends API keys as Bearer too, so the token decides when it can.
             with self._lock:
-                kind = self._kinds.get(credential) or _kind_by_shape(credential) \
+                kind = self._kinds.get(credential) or kind_by_shape(credential) \
                     or (self.bearer_kind if kind == "oauth" else kind)
         parsed: Any = None
         if body[:1] in (b"{", b"["):
@@ -260,7 +227,7 @@ class FakeUpstream:
             self._requests.append(rec)
         return rec
 
-    async def _route(self, rec: RecordedRequest) -> Plan:
+    def _route(self, rec: RecordedRequest) -> Plan:
         method, path = rec.method, rec.path.rstrip("/")
         if method == "POST" and path == "/v1/messages":
             return self._messages(rec)
@@ -271,27 +238,27 @@ class FakeUpstream:
         if method == "GET" and path.startswith("/v1/models/"):
             return self._model(rec, path.removeprefix("/v1/models/"))
         if method == "POST" and path == "/v1/oauth/token":
-            status, body = await self.oauth.token_response(rec.body)
-            return Plan(status, self._base_headers(), [body])
+            status, body, delay = self.oauth.token_response(rec.body)
+            return Plan(status, self._base_headers(), [body], delay=delay)
         if method == "GET" and path == "/oauth/authorize":
             status, headers, body = self.oauth.authorize_response(rec.query)
             return Plan(status, self._base_headers() + headers, [body])
-        return self.error_plan(rec, 404, "not_found_error", "Not found")
+        return self._error_plan(rec, 404, "not_found_error", "Not found")
 
     # -- endpoints ------------------------------------------------------------------
 
     def _base_headers(self, request_id: str | None = None) -> list[tuple[bytes, bytes]]:
         return [_JSON, (b"request-id", (request_id or wire.make_id("req")).encode())]
 
-    def limit_headers(self, rec: RecordedRequest, *, rate_limited: RateLimited | None = None,
-                      tokens: int = 0) -> list[tuple[bytes, bytes]]:
+    def _limit_headers(self, rec: RecordedRequest, *, rate_limited: RateLimited | None = None,
+                       tokens: int = 0) -> list[tuple[bytes, bytes]]:
         """Rate-limit headers for ``rec``'s credential; counts the request toward them."""
         if rec.credential is None:
             return []
         limits = self.limits_for(rec.credential)
         if rec.kind == "oauth":
             if rate_limited is not None:
-                reset = time.time() + rate_limited.reset_after
+                reset = time.time() + rate_limited.resets_in
                 if rate_limited.claim == "seven_day":
                     limits = wire.Limits(five_hour=limits.five_hour, seven_day=1.0,
                                          seven_day_reset=reset, status="rejected",
@@ -305,28 +272,28 @@ class FakeUpstream:
             used_requests, used_tokens = self._usage.get(rec.credential, (0, 0))
             used_requests, used_tokens = used_requests + 1, used_tokens + tokens
             self._usage[rec.credential] = (used_requests, used_tokens)
-        reset_in = rate_limited.reset_after if rate_limited is not None else 60.0
+        reset_in = rate_limited.resets_in if rate_limited is not None else 60.0
         return wire.api_key_limit_headers(limits, requests_used=used_requests,
                                           tokens_used=used_tokens, reset_in=reset_in,
                                           exhausted=rate_limited is not None)
 
-    def error_plan(self, rec: RecordedRequest, status: int, error_type: str, message: str, *,
-                   details: Any = None, headers: Sequence[tuple[bytes, bytes]] = (),
-                   delay: float = 0.0, limit_headers: bool = True) -> Plan:
+    def _error_plan(self, rec: RecordedRequest, status: int, error_type: str, message: str, *,
+                    details: Any = None, headers: Sequence[tuple[bytes, bytes]] = (),
+                    delay: float = 0.0, limit_headers: bool = True) -> Plan:
         """A complete error response with Anthropic's error body."""
         request_id = wire.make_id("req")
         body = wire.encode(wire.error_body(error_type, message, request_id, details))
         all_headers = self._base_headers(request_id)
         if limit_headers:
-            all_headers += self.limit_headers(rec)
+            all_headers += self._limit_headers(rec)
         all_headers += headers
         return Plan(status, all_headers, [body], delay=delay)
 
     def _auth_problem(self, rec: RecordedRequest) -> Plan | None:
         cred = rec.credential
         if cred is None:
-            return self.error_plan(rec, 401, "authentication_error",
-                                   "x-api-key header is required", limit_headers=False)
+            return self._error_plan(rec, 401, "authentication_error",
+                                    "x-api-key header is required", limit_headers=False)
         with self._lock:
             revoked = cred in self._revoked
             unknown = self.strict_auth and cred not in self._kinds
@@ -334,13 +301,13 @@ class FakeUpstream:
         oauth = rec.kind == "oauth"
         if revoked or unknown:
             message = "Invalid bearer token" if oauth else "invalid x-api-key"
-            return self.error_plan(rec, 401, "authentication_error", message)
+            return self._error_plan(rec, 401, "authentication_error", message)
         if expired:
-            return self.error_plan(rec, 401, "authentication_error", "OAuth token has expired. "
-                                   "Please obtain a new token or refresh your existing token.")
+            return self._error_plan(rec, 401, "authentication_error", "OAuth token has expired. "
+                                    "Please obtain a new token or refresh your existing token.")
         if oauth and wire.OAUTH_BETA not in rec.betas:
-            return self.error_plan(rec, 401, "authentication_error",
-                                   "OAuth authentication is currently not supported.")
+            return self._error_plan(rec, 401, "authentication_error",
+                                    "OAuth authentication is currently not supported.")
         return None
 
     def _next_behaviour(self, credential: str) -> tuple[Behaviour, bool]:
@@ -356,29 +323,29 @@ class FakeUpstream:
     def _messages(self, rec: RecordedRequest) -> Plan:
         if (plan := self._auth_problem(rec)) is not None:
             return plan
-        if (problem := _problem(rec.json, need_max_tokens=True)) is not None:
-            return self.error_plan(rec, 400, "invalid_request_error", problem)
+        if (problem := request_problem(rec.json, need_max_tokens=True)) is not None:
+            return self._error_plan(rec, 400, "invalid_request_error", problem)
         body: dict[str, Any] = rec.json
         if rec.kind == "oauth" and self.enforce_identity \
                 and not wire.has_identity(body.get("system")):
-            return self.error_plan(rec, 400, "invalid_request_error", "Error")
+            return self._error_plan(rec, 400, "invalid_request_error", "Error")
         if self.known_models_only and body["model"] not in self.models:
-            return self.error_plan(rec, 404, "not_found_error", f"model: {body['model']}")
+            return self._error_plan(rec, 404, "not_found_error", f"model: {body['model']}")
         assert rec.credential is not None
         behaviour, scripted = self._next_behaviour(rec.credential)
         if not scripted and rec.kind == "oauth" \
                 and self.limits_for(rec.credential).overall_status() == "rejected":
             # Headers keep the configured limits (and their resets), as the real API does.
-            return self.error_plan(rec, 429, "rate_limit_error", RateLimited.message)
+            return self._error_plan(rec, 429, "rate_limit_error", RateLimited.message)
         return self._planner.plan(rec, body, behaviour)
 
     def _count_tokens(self, rec: RecordedRequest) -> Plan:
         if (plan := self._auth_problem(rec)) is not None:
             return plan
-        if (problem := _problem(rec.json, need_max_tokens=False)) is not None:
-            return self.error_plan(rec, 400, "invalid_request_error", problem)
+        if (problem := request_problem(rec.json, need_max_tokens=False)) is not None:
+            return self._error_plan(rec, 400, "invalid_request_error", problem)
         body = wire.encode({"input_tokens": wire.estimate_tokens(rec.json)})
-        return Plan(200, self._base_headers() + self.limit_headers(rec), [body])
+        return Plan(200, self._base_headers() + self._limit_headers(rec), [body])
 
     def _models(self, rec: RecordedRequest) -> Plan:
         if (plan := self._auth_problem(rec)) is not None:
@@ -393,18 +360,18 @@ class FakeUpstream:
         try:
             limit = min(max(int(params.get("limit", "20")), 1), 1000)
         except ValueError:
-            return self.error_plan(rec, 400, "invalid_request_error",
-                                   "limit: Input should be a valid integer")
+            return self._error_plan(rec, 400, "invalid_request_error",
+                                    "limit: Input should be a valid integer")
         page = entries[-limit:] if "before_id" in params else entries[:limit]
         answer = {"data": page, "has_more": len(entries) > len(page),
                   "first_id": page[0]["id"] if page else None,
                   "last_id": page[-1]["id"] if page else None}
-        return Plan(200, self._base_headers() + self.limit_headers(rec), [wire.encode(answer)])
+        return Plan(200, self._base_headers() + self._limit_headers(rec), [wire.encode(answer)])
 
     def _model(self, rec: RecordedRequest, model_id: str) -> Plan:
         if (plan := self._auth_problem(rec)) is not None:
             return plan
         if model_id not in self.models:
-            return self.error_plan(rec, 404, "not_found_error", f"model: {model_id}")
+            return self._error_plan(rec, 404, "not_found_error", f"model: {model_id}")
         entry = wire.model_info(model_id, self.models.index(model_id))
-        return Plan(200, self._base_headers() + self.limit_headers(rec), [wire.encode(entry)])
+        return Plan(200, self._base_headers() + self._limit_headers(rec), [wire.encode(entry)])

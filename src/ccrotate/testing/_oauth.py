@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import anyio
-
 from ccrotate.testing._wire import CLAUDE_CODE_CLIENT_ID, DECODER, encode, mask
 
 
@@ -202,25 +200,30 @@ class FakeOAuth:
         body = encode({"code": code, "state": state, "paste": f"{code}#{state}"})
         return 302, [(b"location", location.encode())], body
 
-    async def token_response(self, body: bytes) -> tuple[int, bytes]:
-        """``POST /v1/oauth/token``."""
+    def token_response(self, body: bytes) -> tuple[int, bytes, float]:
+        """``POST /v1/oauth/token``: status, body, and the delay before answering.
+
+        Tokens are consumed and minted at once; only the answer waits, so a client that
+        gives up meanwhile loses them, as it would against the real endpoint.
+        """
         with self._lock:
             scripted = self._script.popleft() if self._script else None
+        delay = scripted.delay if scripted is not None else 0.0
         try:
             data = DECODER.decode(body)
         except Exception:
             data = None
-        if not isinstance(data, dict):
-            return self._error(OAuthProblem("invalid_request", "Request body must be JSON"))
         try:
+            if not isinstance(data, dict):
+                raise OAuthProblem("invalid_request", "Request body must be a JSON object")
             if data.get("grant_type") == "refresh_token":
-                tokens = await self._refresh(data, scripted)
+                tokens = self._refresh(data, scripted)
             elif data.get("grant_type") == "authorization_code":
-                tokens = await self._exchange(data, scripted)
+                tokens = self._exchange(data, scripted)
             else:
                 raise OAuthProblem("unsupported_grant_type", "Unsupported grant_type")
         except OAuthProblem as exc:
-            return self._error(exc)
+            return (*self._error(exc), delay)
         answer: dict[str, Any] = {"token_type": "Bearer", "access_token": tokens.access_token,
                                   "expires_in": tokens.expires_in, "scope": tokens.scope}
         if tokens.refresh_token is not None:
@@ -230,7 +233,7 @@ class FakeOAuth:
                                  "email_address": "tester@example.com"}
             answer["organization"] = {"uuid": "00000000-0000-4000-8000-000000000002",
                                       "name": "Fake Org"}
-        return 200, encode(answer)
+        return 200, encode(answer), delay
 
     @staticmethod
     def _error(exc: OAuthProblem) -> tuple[int, bytes]:
@@ -240,14 +243,13 @@ class FakeOAuth:
         if self.client_id is not None and data.get("client_id") != self.client_id:
             raise OAuthProblem("invalid_client", "Client authentication failed", 401)
 
-    async def _fail(self, scripted: TokenError, token: str | None) -> None:
+    def _fail(self, scripted: TokenError, token: str | None) -> None:
         if scripted.consume and token is not None:
             with self._lock:
                 self._live.discard(token)
-        await anyio.sleep(scripted.delay)
         raise OAuthProblem(scripted.error, scripted.description, scripted.status)
 
-    async def _refresh(self, data: Mapping[str, Any],
+    def _refresh(self, data: Mapping[str, Any],
                        scripted: TokenReply | TokenError | None) -> TokenSet:
         token = data.get("refresh_token")
         if not isinstance(token, str) or not token:
@@ -255,7 +257,7 @@ class FakeOAuth:
         with self._lock:
             self._counts[token] = self._counts.get(token, 0) + 1
         if isinstance(scripted, TokenError):
-            await self._fail(scripted, token)
+            self._fail(scripted, token)
         self._check_client(data)
         reply = scripted if isinstance(scripted, TokenReply) else TokenReply()
         rotate = self.rotate_refresh_tokens and not reply.omit_refresh_token
@@ -266,17 +268,15 @@ class FakeOAuth:
                                    f"Refresh token {mask(token)} is invalid or already used")
             if rotate:
                 self._live.discard(token)
-        tokens = self._mint(rotate=rotate, expires_in=reply.expires_in)
-        await anyio.sleep(reply.delay)
-        return tokens
+        return self._mint(rotate=rotate, expires_in=reply.expires_in)
 
-    async def _exchange(self, data: Mapping[str, Any],
+    def _exchange(self, data: Mapping[str, Any],
                         scripted: TokenReply | TokenError | None) -> TokenSet:
         for name in ("code", "redirect_uri", "client_id", "code_verifier"):
             if not isinstance(data.get(name), str) or not data[name]:
                 raise OAuthProblem("invalid_request", f"{name} is required")
         if isinstance(scripted, TokenError):
-            await self._fail(scripted, None)
+            self._fail(scripted, None)
         self._check_client(data)
         code = data["code"].split("#", 1)[0]
         with self._lock:
@@ -289,9 +289,7 @@ class FakeOAuth:
             raise OAuthProblem("invalid_grant", "client_id does not match the authorization")
         if entry.state is not None and data.get("state") != entry.state:
             raise OAuthProblem("invalid_grant", "state does not match the authorization")
-        if False:
+        if pkce_challenge(data["code_verifier"]) != entry.challenge:
             raise OAuthProblem("invalid_grant", "Invalid code_verifier")
         reply = scripted if isinstance(scripted, TokenReply) else TokenReply()
-        tokens = self._mint(rotate=True, expires_in=reply.expires_in)
-        await anyio.sleep(reply.delay)
-        return tokens
+        return self._mint(rotate=True, expires_in=reply.expires_in)

@@ -1,4 +1,4 @@
-"""What the fake remembers about each request it received."""
+"""What the fake remembers about each request, and how it reads credentials and bodies."""
 
 from __future__ import annotations
 
@@ -61,3 +61,43 @@ class RecordedRequest:
                 f"query={self.query!r}, credential={mask(self.credential)!r}, "
                 f"kind={self.kind!r}, status={self.status!r}, cancelled={self.cancelled!r}, "
                 f"headers={headers!r}, json={body})")
+
+
+def credential_of(headers: dict[str, str]) -> tuple[str | None, CredentialKind | None]:
+    """The presented credential and the kind its header suggests."""
+    # x-api-key wins when both are sent, as it does upstream.
+    if key := headers.get("x-api-key", "").strip():
+        return key, "api_key"
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip(), "oauth"
+    return None, None
+
+
+def kind_by_shape(credential: str) -> CredentialKind | None:
+    if credential.startswith("sk-ant-oat"):
+        return "oauth"
+    if credential.startswith("sk-ant-api"):
+        return "api_key"
+    return None
+
+
+def request_problem(body: Any, *, need_max_tokens: bool) -> str | None:
+    """The validation message the real API would give, or ``None`` when valid."""
+    if not isinstance(body, dict):
+        return "There was an issue parsing your request body as a JSON object."
+    fields: list[tuple[str, type, str]] = [("model", str, "a valid string")]
+    if need_max_tokens:
+        fields.append(("max_tokens", int, "a valid integer"))
+    fields.append(("messages", list, "a valid list"))
+    for name, kind, what in fields:
+        value = body.get(name)
+        if value is None:
+            return f"{name}: Field required"
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{name}: Input should be {what}"
+    if not body["messages"]:
+        return "messages: at least one message is required"
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "stream: Input should be a valid boolean"
+    return None

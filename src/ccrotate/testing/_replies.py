@@ -42,8 +42,8 @@ class ReplyPlanner:
         stream = body.get("stream") is True
         if isinstance(behaviour, StreamError) and not stream:
             status = STATUS_BY_ERROR_TYPE.get(behaviour.error_type, 500)
-            return self._fake.error_plan(rec, status, behaviour.error_type, behaviour.message,
-                                         delay=behaviour.delay)
+            return self._fake._error_plan(rec, status, behaviour.error_type, behaviour.message,
+                                          delay=behaviour.delay)
         input_tokens = behaviour.input_tokens
         if input_tokens is None:
             input_tokens = wire.estimate_tokens(body)
@@ -51,7 +51,7 @@ class ReplyPlanner:
         usage = rendered.message["usage"]
         request_id = wire.make_id("req")
         headers = [(b"request-id", request_id.encode())]
-        headers += self._fake.limit_headers(
+        headers += self._fake._limit_headers(
             rec, tokens=usage["input_tokens"] + usage["output_tokens"])
         headers += _extra(behaviour.headers)
         timing: dict[str, Any] = {"delay": behaviour.delay, "hold": behaviour.hold}
@@ -78,8 +78,8 @@ class ReplyPlanner:
         if error.retry_after is not None:
             headers.append((b"retry-after", _seconds(error.retry_after)))
         rate_limited = error if isinstance(error, RateLimited) else None
-        headers += self._fake.limit_headers(rec, rate_limited=rate_limited)
+        headers += self._fake._limit_headers(rec, rate_limited=rate_limited)
         headers += _extra(error.headers)
-        return self._fake.error_plan(rec, error.status, error.error_type, error.message,
-                                     details=error.details, headers=headers,
-                                     delay=error.delay, limit_headers=False)
+        return self._fake._error_plan(rec, error.status, error.error_type, error.message,
+                                      details=error.details, headers=headers,
+                                      delay=error.delay, limit_headers=False)

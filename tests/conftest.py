@@ -1,0 +1,127 @@
+"""Shared fixtures of the proxy tests: three accounts, a fake clock, and the served stack.
+
+``proxy_server`` is the usual entry point: the fake Anthropic upstream and a
+:class:`RotatingProxy` in front of it, each served by uvicorn on a loopback port.
+Accounts ``a`` and ``c`` are API keys, ``b`` is an OAuth (subscription) account;
+the pool rotates ``a, b, c`` in that order and reads time from ``clock``, so a
+test ends a cooldown with ``clock.advance(...)`` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ccrotate import Account, AccountKind, AccountPool, ProxyConfig, RotatingProxy, Secret
+from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
+
+KEY_A = "sk-ant-api03-test-aaaa-0001"
+TOKEN_B = "sk-ant-oat01-test-bbbb-0002"
+KEY_C = "sk-ant-api03-test-cccc-0003"
+CREDENTIALS = {"a": KEY_A, "b": TOKEN_B, "c": KEY_C}
+ACCOUNT_OF = {v: k for k, v in CREDENTIALS.items()}
+MODEL = "claude-sonnet-4-6"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+class FakeClock:
+    """An epoch-seconds clock that only moves when told to (starts at real time)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_accounts() -> list[Account]:
+    """``a`` (API key), ``b`` (OAuth, valid for an hour), ``c`` (API key)."""
+    return [
+        Account(name="a", kind=AccountKind.API_KEY, api_key=Secret(KEY_A)),
+        Account(name="b", kind=AccountKind.OAUTH, access_token=Secret(TOKEN_B),
+                refresh_token=Secret("sk-ant-ort01-test-bbbb-0002"),
+                expires_at=time.time() + 3600),
+        Account(name="c", kind=AccountKind.API_KEY, api_key=Secret(KEY_C)),
+    ]
+
+
+def fast_config(upstream_url: str, **overrides: Any) -> ProxyConfig:
+    """A :class:`ProxyConfig` with near-zero failover backoff, so tests stay quick."""
+    options: dict[str, Any] = {"backoff_base": 0.001, "backoff_cap": 0.005, **overrides}
+    return ProxyConfig(upstream_url=upstream_url, **options)
+
+
+@dataclass
+class Stack:
+    """The served fake upstream and proxy of one test."""
+
+    fake: FakeUpstream
+    upstream: ServerHandle[FakeUpstream]
+    pool: AccountPool
+    proxy: RotatingProxy
+    server: ServerHandle[Any]
+    clock: FakeClock
+
+    @property
+    def url(self) -> str:
+        """Where clients point (``base_url`` of the SDK)."""
+        return self.server.url
+
+    def in_flight(self) -> dict[str, int]:
+        return {s.name: s.in_flight for s in self.pool.statuses()}
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no account has a request in flight (the proxy runs in another thread)."""
+        deadline = time.monotonic() + timeout
+        while any(self.in_flight().values()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def pool(clock: FakeClock) -> AccountPool:
+    return AccountPool(make_accounts(), clock=clock)
+
+
+@pytest.fixture
+def upstream_server(fake_upstream: FakeUpstream) -> Iterator[ServerHandle[FakeUpstream]]:
+    with serve_app(fake_upstream) as handle:
+        yield handle
+
+
+@pytest.fixture
+def serve_proxy(upstream_server: ServerHandle[FakeUpstream], pool: AccountPool,
+                clock: FakeClock) -> Iterator[Any]:
+    """A factory: ``serve_proxy(**ProxyConfig options)`` serves a proxy and returns its Stack."""
+    with contextlib.ExitStack() as stack:
+
+        def make(*, app: Any = None, upstream_url: str | None = None,
+                 **config: Any) -> Stack:
+            proxy = RotatingProxy(pool, config=fast_config(
+                upstream_url or upstream_server.url, **config))
+            server = stack.enter_context(serve_app(app(proxy) if app else proxy))
+            return Stack(upstream_server.app, upstream_server, pool, proxy, server, clock)
+
+        yield make
+
+
+@pytest.fixture
+def proxy_server(serve_proxy: Any) -> Stack:
+    """The fake upstream and a default proxy in front of it, both served on loopback."""
+    stack: Stack = serve_proxy()
+    return stack

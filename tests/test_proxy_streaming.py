@@ -1,0 +1,340 @@
+"""Streaming, backpressure, disconnects and cleanup, seen through a raw ASGI harness and sockets.
+
+``httpx.ASGITransport`` buffers whole responses and only says ``http.disconnect``
+at the end, so these tests drive :class:`RotatingProxy` with hand-made ``receive``
+and ``send`` callables (in the test's event loop, against the fake upstream served
+on loopback), or talk raw HTTP/1.1 to the served proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+
+from ccrotate import AccountPool, Failover, RequestRecord, RotatingProxy
+from ccrotate._upstream import UpstreamResponse
+from ccrotate.testing import (
+    ApiError,
+    CutStream,
+    FakeUpstream,
+    Gate,
+    Overloaded,
+    RateLimited,
+    Reply,
+    ServerHandle,
+    StreamError,
+)
+from conftest import KEY_A, MODEL, TOKEN_B, FakeClock, Stack, fast_config
+
+Server = ServerHandle[FakeUpstream]
+
+
+def request_body(**extra: Any) -> bytes:
+    return json.dumps({"model": MODEL, "max_tokens": 64, "stream": True,
+                       "messages": [{"role": "user", "content": "hello"}], **extra}).encode()
+
+
+@dataclass
+class Harness:
+    """One raw ASGI request: ``receive`` gives the body, then waits for :meth:`disconnect`."""
+
+    body: bytes
+    sent: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    gone: anyio.Event = field(default_factory=anyio.Event)
+    on_send: Callable[[dict[str, Any]], Any] | None = None
+    _body_given: bool = False
+
+    def scope(self, path: str = "/v1/messages") -> dict[str, Any]:
+        return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+                "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(self.body)).encode())],
+                "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080)}
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._body_given:
+            self._body_given = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append((anyio.current_time(), message))
+        if self.on_send is not None:
+            await self.on_send(message)
+
+    def disconnect(self) -> None:
+        self.gone.set()
+
+    @property
+    def status(self) -> int:
+        return next(m["status"] for _, m in self.sent if m["type"] == "http.response.start")
+
+    @property
+    def chunks(self) -> list[bytes]:
+        return [m["body"] for _, m in self.sent if m["type"] == "http.response.body" and m["body"]]
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        start = next(m for _, m in self.sent if m["type"] == "http.response.start")
+        return dict(start["headers"])
+
+    def events(self) -> list[str]:
+        text = b"".join(self.chunks).decode()
+        return [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+
+    def body_messages(self) -> int:
+        return sum(1 for _, m in self.sent if m["type"] == "http.response.body")
+
+
+@pytest.fixture
+async def proxy(upstream_server: Server, pool: AccountPool) -> AsyncIterator[RotatingProxy]:
+    """A proxy running in the test's own event loop (the fake upstream is served on loopback)."""
+    async with RotatingProxy(pool, config=fast_config(upstream_server.url)) as proxy:
+        yield proxy
+
+
+class Records:
+    """An observer keeping every finished :class:`RequestRecord`."""
+
+    def __init__(self) -> None:
+        self.done: list[RequestRecord] = []
+
+    def on_failover(self, record: RequestRecord, failover: Failover) -> None:
+        pass
+
+    def on_request(self, record: RequestRecord) -> None:
+        self.done.append(record)
+
+
+def acquired(proxy: RotatingProxy) -> int:
+    """Upstream connections the proxy's aiohttp pool has handed out and not got back."""
+    session = proxy.upstream._session
+    assert session is not None
+    return len(session.connector._acquired)  # type: ignore[union-attr]
+
+
+def in_flight(pool: AccountPool) -> dict[str, int]:
+    return {s.name: s.in_flight for s in pool.statuses()}
+
+
+async def test_events_are_relayed_as_they_arrive(proxy: RotatingProxy,
+                                                 fake_upstream: FakeUpstream) -> None:
+    """With 100 ms between upstream events, the first reaches the client long before the last."""
+    fake_upstream.script(KEY_A, Reply(event_gap=0.1, text_deltas=2))
+    h = Harness(request_body())
+    with anyio.fail_after(5):
+        await proxy(h.scope(), h.receive, h.send)
+    assert h.status == 200
+    assert h.events()[0] == "message_start" and h.events()[-1] == "message_stop"
+    bodies = [t for t, m in h.sent if m["type"] == "http.response.body" and m["body"]]
+    assert len(bodies) >= 6  # one message per upstream event, not one buffered blob
+    assert bodies[-1] - bodies[0] >= 0.4  # seven paced events: ~0.7 s apart end to end
+    assert h.headers[b"x-ccrotate-account"] == b"a"
+    assert b"content-length" not in h.headers
+
+
+async def test_one_upstream_chunk_is_pulled_per_client_send(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the client is not reading, the proxy reads nothing more from the upstream."""
+    pulled = 0
+    original = UpstreamResponse.chunks
+
+    async def counting(self: UpstreamResponse) -> AsyncIterator[bytes]:
+        nonlocal pulled
+        async for chunk in original(self):
+            pulled += 1
+            yield chunk
+
+    monkeypatch.setattr(UpstreamResponse, "chunks", counting)
+    fake_upstream.script(KEY_A, Reply(event_gap=0.01, text_deltas=20))
+    stalled = anyio.Event()
+    resume = anyio.Event()
+
+    async def on_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and len(h.chunks) == 3:
+            stalled.set()
+            await resume.wait()  # a client that stops reading
+
+    h = Harness(request_body(), on_send=on_send)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(proxy, h.scope(), h.receive, h.send)
+        with anyio.fail_after(5):
+            await stalled.wait()
+        before = pulled
+        await anyio.sleep(0.25)  # the upstream has ~20 more events ready meanwhile
+        assert pulled == before
+        resume.set()
+    assert pulled > before
+    assert h.events()[-1] == "message_stop"
+
+
+async def test_http_disconnect_cancels_the_upstream_stream(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream, pool: AccountPool) -> None:
+    """``http.disconnect`` mid-stream stops relaying and aborts the upstream request at once."""
+    fake_upstream.script(KEY_A, Reply(event_gap=0.05, text_deltas=40))
+
+    async def on_send(message: dict[str, Any]) -> None:
+        if len(h.chunks) == 3:
+            h.disconnect()
+
+    h = Harness(request_body(), on_send=on_send)
+    with anyio.fail_after(2):  # the whole reply would take ~2.2 s
+        await proxy(h.scope(), h.receive, h.send)
+        await fake_upstream.wait_cancelled_async(1)
+    assert fake_upstream.requests[0].cancelled
+    assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
+    assert "message_stop" not in h.events()
+    await anyio.sleep(0.05)
+    assert acquired(proxy) == 0
+
+
+async def test_disconnect_while_waiting_for_the_upstream_head(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream, pool: AccountPool) -> None:
+    """A client leaving before the upstream answers cancels the pending upstream request."""
+    gate = Gate()
+    fake_upstream.script(KEY_A, Reply(hold=gate))
+    h = Harness(request_body())
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(proxy, h.scope(), h.receive, h.send)
+                await gate.wait_arrivals_async(1)
+                h.disconnect()
+            await fake_upstream.wait_cancelled_async(1)
+    finally:
+        gate.release()
+    assert h.sent == []  # nothing was ever sent to a client that was gone
+    assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
+
+
+async def test_send_raising_oserror_stops_the_upstream(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream, pool: AccountPool) -> None:
+    """ASGI 2.4 servers raise OSError from ``send`` once the client is gone: same cleanup."""
+    fake_upstream.script(KEY_A, Reply(event_gap=0.05, text_deltas=40))
+
+    async def on_send(message: dict[str, Any]) -> None:
+        if len(h.chunks) >= 3:  # and on every later send, as such servers do
+            raise OSError("client disconnected")
+
+    records = Records()
+    proxy.observers.append(records)
+    h = Harness(request_body(), on_send=on_send)
+    with anyio.fail_after(2):
+        await proxy(h.scope(), h.receive, h.send)
+        await fake_upstream.wait_cancelled_async(1)
+    assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
+    [record] = records.done
+    assert (record.status, record.client_disconnected) == (499, True)
+    assert record.error_type is None  # the client left; the upstream did nothing wrong
+    await anyio.sleep(0.05)
+    assert acquired(proxy) == 0
+
+
+async def test_task_cancellation_mid_stream_closes_the_upstream(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream, pool: AccountPool) -> None:
+    """A raw ``asyncio.Task.cancel()`` of the request still closes the upstream response."""
+    fake_upstream.script(KEY_A, Reply(event_gap=0.05, text_deltas=40))
+    relaying = asyncio.Event()
+
+    async def on_send(message: dict[str, Any]) -> None:
+        if len(h.chunks) == 2:
+            relaying.set()
+
+    h = Harness(request_body(), on_send=on_send)
+    task = asyncio.ensure_future(proxy(h.scope(), h.receive, h.send))
+    with anyio.fail_after(2):
+        await relaying.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await fake_upstream.wait_cancelled_async(1)
+    assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
+    await anyio.sleep(0.05)
+    assert acquired(proxy) == 0
+
+
+async def test_no_upstream_connection_leaks_after_failovers_and_disconnects(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream, pool: AccountPool,
+        clock: FakeClock) -> None:
+    """Failovers, stream errors, cuts and disconnects all give their connections back."""
+
+    async def run(h: Harness) -> Harness:
+        with anyio.fail_after(5):
+            await proxy(h.scope(), h.receive, h.send)
+        return h
+
+    async def leave_early(message: dict[str, Any]) -> None:
+        if len(h.chunks) == 2:
+            h.disconnect()
+
+    for _ in range(3):
+        # One request through three failures (529, error event, 429): the last one is returned.
+        fake_upstream.script_any(Overloaded(), StreamError(after=0),
+                                 RateLimited(retry_after=1, reset_after=1))
+        assert (await run(Harness(request_body()))).status == 429
+        clock.advance(5)
+        # A 500, then a stream cut midway: 200 ending in an error event.
+        fake_upstream.script_any(ApiError(status=500), CutStream(after=2))
+        assert (await run(Harness(request_body()))).events()[-1] == "error"
+        # A JSON body cut midway fails over to the next account.
+        fake_upstream.script_any(CutStream())
+        assert (await run(Harness(request_body(stream=False)))).status == 200
+        # A client that leaves mid-stream.
+        fake_upstream.script_any(Reply(event_gap=0.02, text_deltas=30))
+        h = Harness(request_body(), on_send=leave_early)
+        await run(h)
+    with anyio.fail_after(2):
+        await fake_upstream.wait_cancelled_async(3)
+    await anyio.sleep(0.05)
+    assert acquired(proxy) == 0
+    assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
+
+
+async def _read_events(reader: asyncio.StreamReader, count: int) -> list[bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    events: list[bytes] = []
+    buf = b""
+    while len(events) < count:
+        buf += await reader.read(4096)
+        while b"event: " in buf:
+            at = buf.index(b"event: ")
+            end = buf.find(b"\n", at)
+            if end < 0:
+                break
+            events.append(buf[at + 7:end])
+            buf = buf[end:]
+    return events
+
+
+def test_closing_a_real_socket_stops_the_upstream_stream(proxy_server: Stack) -> None:
+    """A client that closes its socket mid-stream makes the proxy abort the upstream at once."""
+    proxy_server.fake.script(KEY_A, Reply(event_gap=0.05, text_deltas=60))
+
+    async def client() -> list[bytes]:
+        reader, writer = await asyncio.open_connection(proxy_server.server.host,
+                                                       proxy_server.server.port)
+        body = request_body()
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: proxy\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        events = await _read_events(reader, 3)
+        writer.close()
+        await writer.wait_closed()
+        return events
+
+    events = anyio.run(client)
+    assert events[0] == b"message_start"
+    assert proxy_server.fake.wait_cancelled(1, timeout=2)  # the reply would take 3+ s
+    assert proxy_server.wait_idle(2)
+    assert proxy_server.pool.status("a").in_flight == 0

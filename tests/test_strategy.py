@@ -1,0 +1,178 @@
+"""Selection strategies: round-robin, weights, priorities, and custom strategies in the pool."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+
+from ccrotate import (
+    Account,
+    AccountKind,
+    AccountPool,
+    Candidate,
+    FirstAvailable,
+    NoAccountAvailable,
+    RoundRobin,
+    Secret,
+    SelectionContext,
+    SelectionStrategy,
+)
+
+CTX = SelectionContext()
+
+
+def cand(name: str, weight: int = 1, priority: int = 0, in_flight: int = 0) -> Candidate:
+    return Candidate(name, weight, priority, in_flight, None)
+
+
+def key(name: str, **kw: Any) -> Account:
+    return Account(name=name, kind=AccountKind.API_KEY,
+                   api_key=Secret(f"sk-ant-api03-{name}-0123456789abcdef"), **kw)
+
+
+def run(strategy: SelectionStrategy, candidates: Sequence[Candidate], n: int) -> list[str]:
+    return [strategy.select(candidates, CTX) for _ in range(n)]
+
+
+def test_round_robin_cycles_in_order() -> None:
+    """Equal weights rotate through the candidates in their given order."""
+    cs = [cand("a"), cand("b"), cand("c")]
+    assert run(RoundRobin(), cs, 7) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+def test_round_robin_smooth_weights() -> None:
+    """Weights 5:1:1 give nginx's smooth sequence, never a burst of the light ones."""
+    cs = [cand("a", 5), cand("b", 1), cand("c", 1)]
+    assert run(RoundRobin(), cs, 14) == ["a", "a", "b", "a", "c", "a", "a"] * 2
+
+
+def test_round_robin_weights_proportional() -> None:
+    """Over many picks each account's share equals its share of the total weight."""
+    cs = [cand("a", 3), cand("b", 2), cand("c", 1)]
+    assert Counter(run(RoundRobin(), cs, 600)) == {"a": 300, "b": 200, "c": 100}
+
+
+def test_zero_weight_only_as_last_resort() -> None:
+    """A weight-0 account is never picked while a weighted one of its tier can serve."""
+    rr = RoundRobin()
+    assert set(run(rr, [cand("a", 0), cand("b", 1)], 10)) == {"b"}
+    assert run(rr, [cand("a", 0)], 2) == ["a", "a"]
+
+
+def test_priority_tiers() -> None:
+    """Only the lowest priority number serves; higher numbers only when it is empty."""
+    rr = RoundRobin()
+    cs = [cand("backup", priority=5), cand("main1"), cand("main2")]
+    assert Counter(run(rr, cs, 10)) == {"main1": 5, "main2": 5}
+    assert run(rr, [cand("backup", priority=5), cand("other", priority=9)], 3) == ["backup"] * 3
+
+
+def test_peek_does_not_move_rotation() -> None:
+    """peek() answers what select() would, and leaves the rotation where it was."""
+    rr = RoundRobin()
+    cs = [cand("a"), cand("b"), cand("c")]
+    rr.select(cs, CTX)
+    assert [rr.peek(cs, CTX) for _ in range(3)] == ["b", "b", "b"]
+    assert rr.select(cs, CTX) == "b"
+
+
+def test_rotation_survives_changing_candidate_sets() -> None:
+    """A candidate dropping out (cooling) and returning keeps the rotation even."""
+    rr = RoundRobin()
+    full = [cand("a"), cand("b"), cand("c")]
+    assert run(rr, full, 2) == ["a", "b"]
+    # c was due next, so it goes first; after that b and c alternate (bounded skew, as nginx).
+    without_a = run(rr, full[1:], 40)
+    assert without_a[0] == "c"
+    assert abs(without_a.count("b") - without_a.count("c")) <= 2
+    assert all(without_a[i:i + 3] not in (["b"] * 3, ["c"] * 3) for i in range(38))
+    assert Counter(run(rr, full, 30)) == {"a": 10, "b": 10, "c": 10}
+
+
+def test_forget_resets_an_account() -> None:
+    """forget() drops an account's rotation memory (it starts fresh if it returns)."""
+    rr = RoundRobin()
+    cs = [cand("a"), cand("b")]
+    rr.select(cs, CTX)
+    rr.forget(["a", "unknown"])
+    assert rr.select(cs, CTX) == "b"  # b kept its credit; a starts from zero
+    assert rr.select(cs, CTX) == "a"
+
+
+def test_first_available() -> None:
+    """FirstAvailable always picks the first candidate of the best tier."""
+    fa = FirstAvailable()
+    cs = [cand("low", priority=1), cand("x"), cand("y")]
+    assert run(fa, cs, 3) == ["x", "x", "x"]
+    assert fa.peek(cs, CTX) == "x"
+    fa.forget(["x"])
+    assert fa.select(cs[:1], CTX) == "low"
+
+
+# -- strategies inside the pool --------------------------------------------------------------
+
+class LeastInFlight:
+    """A custom strategy: the account with the fewest open requests (first on ties)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[list[str], SelectionContext]] = []
+        self.forgotten: list[str] = []
+
+    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        self.seen.append(([c.name for c in candidates], context))
+        return min(candidates, key=lambda c: c.in_flight).name
+
+    def peek(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        return min(candidates, key=lambda c: c.in_flight).name
+
+    def forget(self, names: Iterable[str]) -> None:
+        self.forgotten.extend(names)
+
+
+def test_custom_strategy_plugs_into_pool() -> None:
+    """The pool hands a custom strategy only serving accounts, with in-flight counts and context."""
+    strategy = LeastInFlight()
+    pool = AccountPool([key("a"), key("b"), key("c")], strategy=strategy)
+    pool.disable("c")
+    ctx = SelectionContext(model="claude-sonnet-4-6", session_key="s1")
+    first = pool.acquire(context=ctx)
+    second = pool.acquire()
+    assert (first.name, second.name) == ("a", "b")
+    assert strategy.seen[0] == (["a", "b"], ctx)
+    assert strategy.seen[1][1] == SelectionContext()
+    pool.release("a")
+    assert pool.peek() == "a"
+    assert pool.acquire().name == "a"
+    pool.replace_accounts([key("a"), key("c")])
+    assert strategy.forgotten == ["b"]
+
+
+def test_custom_strategy_never_sees_empty_candidates() -> None:
+    """When nothing can serve, the pool raises instead of calling the strategy."""
+    strategy = LeastInFlight()
+    pool = AccountPool([key("a")], strategy=strategy)
+    pool.disable("a")
+    with pytest.raises(NoAccountAvailable):
+        pool.acquire()
+    assert strategy.seen == []
+    assert pool.peek() is None
+
+
+def test_pool_rotation_off_uses_first_available() -> None:
+    """rotation=False sticks to the first account until it cannot serve."""
+    pool = AccountPool([key("a"), key("b")], rotation=False)
+    assert [pool.acquire().name for _ in range(3)] == ["a", "a", "a"]
+    pool.report_rate_limited("a", {})
+    assert pool.acquire().name == "b"
+
+
+def test_pool_weights_and_priorities() -> None:
+    """Pool acquisitions follow account weights within the best priority tier."""
+    pool = AccountPool([key("spare", priority=1), key("big", weight=3), key("small")])
+    assert Counter(pool.acquire().name for _ in range(40)) == {"big": 30, "small": 10}
+    pool.disable("big")
+    pool.disable("small")
+    assert pool.acquire().name == "spare"
