@@ -18,6 +18,7 @@ from starlette.routing import Route
 from ccrotate import Account, AccountKind, AccountPool, Secret
 from ccrotate._config import Settings
 from ccrotate._server import build_components, create_app
+from ccrotate._upstream import Timeouts, Upstream
 
 KEYS = ("sk-ant-api03-bench-key-aaaa", "sk-ant-api03-bench-key-bbbb",
         "sk-ant-api03-bench-key-cccc")
@@ -35,16 +36,9 @@ def configure(upstream: str) -> object:
     components = build_components(settings, pool=AccountPool(accounts()))
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
-    from dataclasses import replace
-
-    from ccrotate._proxy import RotatingProxy
-    from ccrotate._upstream import Timeouts
-
     proxy = components.proxy
-    config = replace(proxy.config, timeouts=Timeouts(
+    proxy.upstream = Upstream(settings.upstream_url, timeouts=Timeouts(
         connect=settings.connect_timeout, read=settings.read_timeout, pool_size=4096))
-    components.proxy = RotatingProxy(proxy.pool, config=config,
-                                     authenticate=proxy.authenticate)
 
     async def reset(request: Request) -> Response:
         components.proxy.pool = AccountPool(accounts())

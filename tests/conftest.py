@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from anthropic.types import MessageParam
 
 from ccrotate import Account, AccountKind, AccountPool, ProxyConfig, RotatingProxy, Secret
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
@@ -26,7 +27,7 @@ KEY_C = "sk-ant-api03-test-cccc-0003"
 CREDENTIALS = {"a": KEY_A, "b": TOKEN_B, "c": KEY_C}
 ACCOUNT_OF = {v: k for k, v in CREDENTIALS.items()}
 MODEL = "claude-sonnet-4-6"
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "hello"}]
 
 
 class FakeClock:
@@ -125,3 +126,9 @@ def proxy_server(serve_proxy: Any) -> Stack:
     """The fake upstream and a default proxy in front of it, both served on loopback."""
     stack: Stack = serve_proxy()
     return stack
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here as well as in pyproject, so --strict-markers accepts it either way.
+    config.addinivalue_line("markers", "claude_code: runs the real Claude Code CLI "
+                            "(opt-in: CCROTATE_TEST_CLAUDE_CODE=1)")

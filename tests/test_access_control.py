@@ -166,7 +166,8 @@ async def test_every_route_of_the_proxy_is_behind_the_key(server: Server) -> Non
     """count_tokens and models refuse a missing key too, before anything is chosen."""
     for method, path in [("POST", "/api/v1/messages/count_tokens"), ("GET", "/api/v1/models"),
                          ("GET", f"/api/v1/models/{MODEL}")]:
-        response = await server.client.request(method, path, json=BODY)
+        response = await server.client.request(method, path, json=BODY,
+                                               headers={"anthropic-version": "2023-06-01"})
         anthropic_error(response, 401, "authentication_error")
     server.untouched()
 
@@ -189,36 +190,56 @@ def test_client_auth_compares_against_every_key(monkeypatch: pytest.MonkeyPatch)
     assert "k-one" not in repr(auth)
 
 
+def openai_error(response: httpx.Response, status: int, type_: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}  # no Anthropic "type": "error" envelope
+    error: dict[str, Any] = body["error"]
+    assert error["type"] == type_
+    assert {"message", "type", "param", "code"} <= set(error)
+    return error
+
+
 async def test_openai_route_refuses_in_openai_shape(upstream: ServerHandle[FakeUpstream],
                                                     ) -> None:
     """On /v1/chat/completions a bad key and an oversize body are refused in OpenAI's shape."""
-
-    class Passthrough:
-        # A stand-in OpenAI handler: whatever passes prepare() is answered 200.
-        async def handle(self, proxy: Any, scope: Any, receive: Any, send: Any,
-                         record: Any, t0: float) -> None:
-            body = await proxy.prepare(scope, receive, send, record)
-            if body is not None:
-                await send({"type": "http.response.start", "status": 200, "headers": []})
-                await send({"type": "http.response.body", "body": b"{}"})
-
-    async with reference(upstream, max_body_size=64) as srv:
-        srv.app.state.ccrotate.proxy.openai = Passthrough()
-        bad = await srv.client.post("/api/v1/chat/completions", json={},
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    async with reference(upstream, max_body_size=256) as srv:
+        bad = await srv.client.post("/api/v1/chat/completions", json=chat,
                                     headers={"authorization": "Bearer nope"})
-        big = await srv.client.post("/api/v1/chat/completions", content=b"x" * 65,
+        missing = await srv.client.post("/api/v1/chat/completions", json=chat)
+        big = await srv.client.post("/api/v1/chat/completions", content=b"{" + b" " * 300 + b"}",
                                     headers={"authorization": f"Bearer {CLIENT}"})
-        ok = await srv.client.post("/api/v1/chat/completions", content=b"{}",
-                                   headers={"authorization": f"Bearer {CLIENT}"})
         srv.untouched()
-    assert ok.status_code == 200
-    assert bad.status_code == 401
-    assert "type" not in bad.json()
-    assert bad.json()["error"]["type"] == "authentication_error"
-    assert bad.json()["error"]["code"] == "invalid_api_key"
-    assert big.status_code == 413
-    assert "type" not in big.json()
-    assert "64 bytes" in big.json()["error"]["message"]
+        ok = await srv.client.post("/api/v1/chat/completions", json=chat,
+                                   headers={"authorization": f"Bearer {CLIENT}"})
+    assert openai_error(bad, 401, "authentication_error")["code"] == "invalid_api_key"
+    assert openai_error(missing, 401, "authentication_error")["code"] == "invalid_api_key"
+    assert "256 bytes" in openai_error(big, 413, "invalid_request_error")["message"]
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["object"] == "chat.completion"
+
+
+async def test_models_refusal_speaks_the_clients_shape(server: Server) -> None:
+    """/v1/models: an OpenAI client's bad key gets OpenAI's 401, an Anthropic client's theirs."""
+    openai_client = await server.client.get("/api/v1/models",
+                                            headers={"authorization": "Bearer nope"})
+    openai_error(openai_client, 401, "authentication_error")
+    anthropic_client = await server.client.get(
+        "/api/v1/models", headers={"x-api-key": "nope", "anthropic-version": "2023-06-01"})
+    anthropic_error(anthropic_client, 401, "authentication_error")
+    server.untouched()
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"[1]", b'{"model": "m", "messages": 5}'],
+                         ids=["garbage", "empty", "array", "wrong-type"])
+async def test_malformed_chat_request_gets_openai_400_and_is_not_forwarded(
+        server: Server, body: bytes) -> None:
+    """A malformed chat request is a 400 in OpenAI's shape; no message request goes upstream."""
+    response = await server.client.post("/api/v1/chat/completions", content=body,
+                                        headers={"authorization": f"Bearer {CLIENT}"})
+    openai_error(response, 400, "invalid_request_error")
+    assert server.fake.requests_for(path="/v1/messages") == []
 
 
 # -- request hygiene ------------------------------------------------------------------------

@@ -72,11 +72,6 @@ def server(fake_upstream_server: Server) -> Server:
     return fake_upstream_server
 
 
-@pytest.fixture
-def fake(server: Server) -> FakeUpstream:
-    return server.app
-
-
 def sdk(server: Server, key: str = API_KEY) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0)
 
@@ -560,6 +555,7 @@ def test_refresh_tokens_are_single_use(server: Server) -> None:
     assert again.json()["error"] == "invalid_grant"
     assert old not in again.text  # never echo a credential
     assert fake.oauth.refresh_count(old) == 2
+    assert old not in repr(fake.last_request)
     assert refresh(server, "sk-ant-ort01-unknown").json()["error"] == "invalid_grant"
     assert refresh(server, answer["refresh_token"]).status_code == 200
 

@@ -42,9 +42,9 @@ def served(serve_proxy: Any) -> tuple[Stack, PrometheusMetrics]:
     return stack, metrics
 
 
-def ask(stack: Stack, *, model: str = MODEL, stream: bool = False,
-        **headers: str) -> httpx.Response:
-    body = {"model": model, "max_tokens": 32, "messages": HELLO, "stream": stream}
+def ask(stack: Stack, *, model: str = MODEL, pin: str | None = None) -> httpx.Response:
+    body = {"model": model, "max_tokens": 32, "messages": HELLO}
+    headers = {"x-account-name": pin} if pin else {}
     return httpx.post(stack.url + "/v1/messages", json=body, headers=headers, timeout=10)
 
 
@@ -137,7 +137,7 @@ def test_quota_utilisation_per_window_from_upstream_headers(
     """The unified 5h/7d utilisation an OAuth account last reported becomes a gauge."""
     stack, metrics = served
     stack.fake.set_limits(TOKEN_B, Limits(five_hour=0.42, seven_day=0.17))
-    assert ask(stack, **{"x-account-name": "b"}).status_code == 200
+    assert ask(stack, pin="b").status_code == 200
     assert sample(metrics, "ccrotate_account_quota_utilization", account="b",
                   window="5h") == pytest.approx(0.42)
     assert sample(metrics, "ccrotate_account_quota_utilization", account="b",
@@ -149,7 +149,7 @@ def test_quota_utilisation_per_window_from_upstream_headers(
 def test_unknown_model_is_unpriced_not_guessed(served: tuple[Stack, PrometheusMetrics]) -> None:
     """Usage of a model the pricing table lacks counts tokens but no cost."""
     stack, metrics = served
-    assert ask(stack, model="claude-nonesuch-9", **{"x-account-name": "a"}).status_code == 200
+    assert ask(stack, model="claude-nonesuch-9", pin="a").status_code == 200
     assert wait_for(lambda: sample(metrics, "ccrotate_unpriced_requests_total",
                                    model="claude-nonesuch-9") == 1)
     assert sample(metrics, "ccrotate_cost_usd_total", account="a",

@@ -11,7 +11,7 @@ import math
 import socket
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx
@@ -24,7 +24,7 @@ from ccrotate.testing import (
     Forbidden,
     Overloaded,
     RateLimited,
-    Reply,
+    SpendCapReached,
     StreamError,
     Unauthorized,
     serve_app,
@@ -46,7 +46,16 @@ def async_sdk(stack: Stack) -> anthropic.AsyncAnthropic:
 def create(client: anthropic.Anthropic, **extra: Any) -> Any:
     """A raw-response ``messages.create`` (headers and parsed message)."""
     return client.messages.with_raw_response.create(model=MODEL, max_tokens=64,
-                                                    messages=HELLO, **extra)  # type: ignore[arg-type]
+                                                    messages=HELLO, **extra)
+
+
+def error_of(exc: anthropic.APIStatusError) -> dict[str, Any]:
+    """The ``error`` object of an Anthropic error body."""
+    body = exc.body
+    assert isinstance(body, dict)
+    assert body["type"] == "error"
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 def served_by(stack: Stack) -> list[str | None]:
@@ -77,7 +86,8 @@ def test_sync_requests_rotate_evenly_over_three_accounts(proxy_server: Stack) ->
         else:
             raw = create(client, stream=True)
             events = [e.type for e in raw.parse()]
-            assert events[0] == "message_start" and events[-1] == "message_stop"
+            assert events[0] == "message_start"
+            assert events[-1] == "message_stop"
             seen.append(raw.headers[ACCOUNT])
     assert Counter(seen) == {"a": 3, "b": 3, "c": 3}
     assert Counter(served_by(proxy_server)) == {"a": 3, "b": 3, "c": 3}
@@ -89,6 +99,7 @@ async def test_async_requests_rotate_evenly_over_three_accounts(proxy_server: St
     """The async SDK, streamed and not, spreads six requests two per account."""
     client = async_sdk(proxy_server)
     seen: list[str] = []
+    message: anthropic.types.Message
     async with client:
         for i in range(6):
             if i % 2:
@@ -98,7 +109,7 @@ async def test_async_requests_rotate_evenly_over_three_accounts(proxy_server: St
                     seen.append(s.response.headers[ACCOUNT])
             else:
                 raw = await client.messages.with_raw_response.create(
-                    model=MODEL, max_tokens=64, messages=HELLO)  # type: ignore[arg-type]
+                    model=MODEL, max_tokens=64, messages=HELLO)
                 message = await raw.parse()
                 seen.append(raw.headers[ACCOUNT])
             assert message.stop_reason == "end_turn"
@@ -126,8 +137,9 @@ def test_beta_query_string_passes_through(proxy_server: Stack) -> None:
     """``?beta=true`` (what Claude Code calls) and the client's betas reach the upstream."""
     client = sdk(proxy_server)
     # The Python SDK's beta namespace sends no query string; Claude Code's TS SDK does.
-    message = client.beta.messages.create(model=MODEL, max_tokens=64, messages=HELLO,
+    message = client.beta.messages.create(model=MODEL, max_tokens=64,
                                           betas=["context-1m-2025-08-07"],
+                                          messages=cast(Any, HELLO),
                                           extra_query={"beta": "true"})
     assert message.content[0].type == "text"
     rec = proxy_server.fake.last_request
@@ -145,7 +157,8 @@ def test_rate_limited_account_is_skipped_until_its_cooldown_ends(proxy_server: S
     fake, client = proxy_server.fake, sdk(proxy_server)
     fake.script(KEY_A, RateLimited(retry_after=30, reset_after=30))
     raw = create(client)
-    assert raw.status_code == 200 and raw.headers[ACCOUNT] == "b"
+    assert raw.status_code == 200
+    assert raw.headers[ACCOUNT] == "b"
     assert served_by(proxy_server) == ["a", "b"]
     status = proxy_server.pool.status("a")
     assert status.state is AccountState.RATE_LIMITED
@@ -163,9 +176,11 @@ def test_reset_headers_alone_cool_an_oauth_account(proxy_server: Stack) -> None:
     fake.script(TOKEN_B, RateLimited(reset_after=120))
     assert create(client).headers[ACCOUNT] == "a"
     raw = create(client)
-    assert raw.status_code == 200 and raw.headers[ACCOUNT] == "c"
+    assert raw.status_code == 200
+    assert raw.headers[ACCOUNT] == "c"
     no_retry_after = [r for r in fake.requests if r.status == 429]
-    assert len(no_retry_after) == 1 and no_retry_after[0].credential == TOKEN_B
+    assert len(no_retry_after) == 1
+    assert no_retry_after[0].credential == TOKEN_B
     status = proxy_server.pool.status("b")
     assert status.state is AccountState.RATE_LIMITED
     assert status.cooldown_until == pytest.approx(proxy_server.clock.now + 120, abs=2)
@@ -179,7 +194,7 @@ def test_a_bad_request_cools_nothing(proxy_server: Stack) -> None:
     fake, client = proxy_server.fake, sdk(proxy_server)
     with pytest.raises(anthropic.BadRequestError) as caught:
         client.messages.create(model=MODEL, max_tokens=64, messages=[])
-    assert caught.value.body["error"]["message"] == "messages: at least one message is required"
+    assert error_of(caught.value)["message"] == "messages: at least one message is required"
     assert caught.value.response.headers[ACCOUNT] == "a"
     fake.script(KEY_C, ApiError(status=413, error_type="request_too_large", message="big"))
     assert create(client).headers[ACCOUNT] == "b"
@@ -204,13 +219,22 @@ def test_every_account_cooling_gives_429_with_the_soonest_retry_after(
     soonest = proxy_server.pool.soonest_recovery()
     assert soonest is not None
     assert caught.value.response.headers["retry-after"] == str(math.ceil(soonest - clock.now))
-    assert caught.value.body["type"] == "error"
-    assert caught.value.body["error"]["type"] == "rate_limit_error"
+    assert error_of(caught.value)["type"] == "rate_limit_error"
     clock.advance(10.5)
     with pytest.raises(anthropic.RateLimitError) as again:
         create(client)
     assert again.value.response.headers["retry-after"] == str(math.ceil(soonest - clock.now))
     assert len(fake.requests) == 3  # nothing was sent upstream the second time
+
+
+def test_a_spend_cap_cools_the_account_for_long(proxy_server: Stack) -> None:
+    """A spend-cap 429 (no retry-after) cools its account for an hour, not the short default."""
+    proxy_server.fake.script(KEY_A, SpendCapReached())
+    assert create(sdk(proxy_server)).headers[ACCOUNT] == "b"
+    status = proxy_server.pool.status("a")
+    assert status.state is AccountState.RATE_LIMITED
+    assert status.cooldown_until is not None
+    assert status.cooldown_until - proxy_server.clock.now >= 3000
 
 
 @pytest.mark.parametrize("failure", [Overloaded(), ApiError(status=500),
@@ -232,7 +256,7 @@ def test_all_overloaded_returns_the_upstream_error(proxy_server: Stack) -> None:
     with pytest.raises(anthropic.APIStatusError) as caught:
         create(sdk(proxy_server))
     assert caught.value.status_code == 529
-    assert caught.value.body["error"]["type"] == "overloaded_error"
+    assert error_of(caught.value)["type"] == "overloaded_error"
     assert served_by(proxy_server) == ["a", "b", "c"]
     assert set(states(proxy_server).values()) == {AccountState.AVAILABLE}
 
@@ -246,7 +270,7 @@ def test_unreachable_upstream_gives_502_after_every_account(serve_proxy: Any) ->
         with pytest.raises(anthropic.APIStatusError) as caught:
             create(sdk(stack))
     assert caught.value.status_code == 502
-    assert caught.value.body["error"]["type"] == "api_error"
+    assert error_of(caught.value)["type"] == "api_error"
     assert [s.requests for s in stack.pool.statuses()] == [1, 1, 1]
     assert set(states(stack).values()) == {AccountState.AVAILABLE}
     assert stack.wait_idle()
@@ -293,27 +317,28 @@ def test_a_stream_cut_midway_ends_with_an_error_the_sdk_raises(proxy_server: Sta
             model=MODEL, max_tokens=64, messages=HELLO) as s:
         text.extend(s.text_stream)
     assert text  # part of the answer was relayed before the cut
-    assert caught.value.body["error"]["type"] == "api_error"
-    assert "upstream stream failed" in caught.value.body["error"]["message"]
+    assert error_of(caught.value)["type"] == "api_error"
+    assert "upstream stream failed" in error_of(caught.value)["message"]
     assert proxy_server.wait_idle()
 
 
-def test_a_stream_cut_in_the_async_sdk_raises_too(proxy_server: Stack) -> None:
+async def test_a_stream_cut_in_the_async_sdk_raises_too(proxy_server: Stack) -> None:
     """The async SDK's ``create(stream=True)`` raises on the proxy's error event as well."""
-    import anyio
-
-    async def run() -> list[str]:
-        events: list[str] = []
-        async with async_sdk(proxy_server) as client:
-            stream = await client.messages.create(model=MODEL, max_tokens=64, messages=HELLO,
-                                                  stream=True)
-            async for event in stream:
-                events.append(event.type)
-        return events
-
     proxy_server.fake.script(KEY_A, CutStream(after=3))
-    with pytest.raises(anthropic.APIStatusError):
-        anyio.run(run)
+    events: list[str] = []
+
+    async def consume(stream: anthropic.AsyncStream[Any]) -> None:
+        async for event in stream:
+            events.append(event.type)
+
+    async with async_sdk(proxy_server) as client:
+        stream = await client.messages.create(model=MODEL, max_tokens=64, messages=HELLO,
+                                              stream=True)
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await consume(stream)
+    assert events[0] == "message_start"
+    assert "message_stop" not in events
+    assert error_of(caught.value)["type"] == "api_error"
 
 
 async def _truncated_sse(scope: Any, receive: Any, send: Any) -> None:
@@ -347,7 +372,7 @@ def test_a_stream_without_message_stop_ends_with_an_error(serve_proxy: Any,
     with pytest.raises(anthropic.APIStatusError) as caught, sdk(stack).messages.stream(
             model=MODEL, max_tokens=64, messages=HELLO) as s:
         list(s.text_stream)
-    assert "ended early" in caught.value.body["error"]["message"]
+    assert "ended early" in error_of(caught.value)["message"]
 
 
 # -- pinning ------------------------------------------------------------------------------------
@@ -364,8 +389,8 @@ def test_an_unknown_pinned_account_is_a_400_naming_it(proxy_server: Stack) -> No
     client = sdk(proxy_server, default_headers={"X-Account-Name": "zed"})
     with pytest.raises(anthropic.BadRequestError) as caught:
         create(client)
-    assert caught.value.body["error"]["type"] == "invalid_request_error"
-    assert "'zed'" in caught.value.body["error"]["message"]
+    assert error_of(caught.value)["type"] == "invalid_request_error"
+    assert "'zed'" in error_of(caught.value)["message"]
     assert proxy_server.fake.requests == []
 
 
@@ -414,3 +439,4 @@ def test_unknown_route_and_wrong_method(proxy_server: Stack) -> None:
     assert wrong.status_code == 405
     assert wrong.json()["error"]["type"] == "invalid_request_error"
     assert proxy_server.fake.requests == []
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from ccrotate.testing import (
     ServerHandle,
     StreamError,
 )
-from conftest import KEY_A, MODEL, TOKEN_B, FakeClock, Stack, fast_config
+from conftest import KEY_A, MODEL, FakeClock, Stack, fast_config
 
 Server = ServerHandle[FakeUpstream]
 
@@ -45,9 +45,9 @@ class Harness:
     """One raw ASGI request: ``receive`` gives the body, then waits for :meth:`disconnect`."""
 
     body: bytes
-    sent: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    sent: list[tuple[float, MutableMapping[str, Any]]] = field(default_factory=list)
     gone: anyio.Event = field(default_factory=anyio.Event)
-    on_send: Callable[[dict[str, Any]], Any] | None = None
+    on_send: Callable[[MutableMapping[str, Any]], Awaitable[None]] | None = None
     _body_given: bool = False
 
     def scope(self, path: str = "/v1/messages") -> dict[str, Any]:
@@ -65,17 +65,23 @@ class Harness:
         await self.gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         self.sent.append((anyio.current_time(), message))
         if self.on_send is not None:
             await self.on_send(message)
+
+    async def run(self, app: Any) -> None:
+        """Call ``app`` with this request."""
+        await app(self.scope(), self.receive, self.send)
 
     def disconnect(self) -> None:
         self.gone.set()
 
     @property
     def status(self) -> int:
-        return next(m["status"] for _, m in self.sent if m["type"] == "http.response.start")
+        status: int = next(m["status"] for _, m in self.sent
+                           if m["type"] == "http.response.start")
+        return status
 
     @property
     def chunks(self) -> list[bytes]:
@@ -118,7 +124,9 @@ def acquired(proxy: RotatingProxy) -> int:
     """Upstream connections the proxy's aiohttp pool has handed out and not got back."""
     session = proxy.upstream._session
     assert session is not None
-    return len(session.connector._acquired)  # type: ignore[union-attr]
+    connector = session.connector
+    assert connector is not None
+    return len(list(connector._acquired))
 
 
 def in_flight(pool: AccountPool) -> dict[str, int]:
@@ -131,9 +139,10 @@ async def test_events_are_relayed_as_they_arrive(proxy: RotatingProxy,
     fake_upstream.script(KEY_A, Reply(event_gap=0.1, text_deltas=2))
     h = Harness(request_body())
     with anyio.fail_after(5):
-        await proxy(h.scope(), h.receive, h.send)
+        await h.run(proxy)
     assert h.status == 200
-    assert h.events()[0] == "message_start" and h.events()[-1] == "message_stop"
+    assert h.events()[0] == "message_start"
+    assert h.events()[-1] == "message_stop"
     bodies = [t for t, m in h.sent if m["type"] == "http.response.body" and m["body"]]
     assert len(bodies) >= 6  # one message per upstream event, not one buffered blob
     assert bodies[-1] - bodies[0] >= 0.4  # seven paced events: ~0.7 s apart end to end
@@ -159,14 +168,14 @@ async def test_one_upstream_chunk_is_pulled_per_client_send(
     stalled = anyio.Event()
     resume = anyio.Event()
 
-    async def on_send(message: dict[str, Any]) -> None:
+    async def on_send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.body" and len(h.chunks) == 3:
             stalled.set()
             await resume.wait()  # a client that stops reading
 
     h = Harness(request_body(), on_send=on_send)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(proxy, h.scope(), h.receive, h.send)
+        tg.start_soon(h.run, proxy)
         with anyio.fail_after(5):
             await stalled.wait()
         before = pulled
@@ -182,13 +191,13 @@ async def test_http_disconnect_cancels_the_upstream_stream(
     """``http.disconnect`` mid-stream stops relaying and aborts the upstream request at once."""
     fake_upstream.script(KEY_A, Reply(event_gap=0.05, text_deltas=40))
 
-    async def on_send(message: dict[str, Any]) -> None:
+    async def on_send(message: MutableMapping[str, Any]) -> None:
         if len(h.chunks) == 3:
             h.disconnect()
 
     h = Harness(request_body(), on_send=on_send)
     with anyio.fail_after(2):  # the whole reply would take ~2.2 s
-        await proxy(h.scope(), h.receive, h.send)
+        await h.run(proxy)
         await fake_upstream.wait_cancelled_async(1)
     assert fake_upstream.requests[0].cancelled
     assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
@@ -206,7 +215,7 @@ async def test_disconnect_while_waiting_for_the_upstream_head(
     try:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(proxy, h.scope(), h.receive, h.send)
+                tg.start_soon(h.run, proxy)
                 await gate.wait_arrivals_async(1)
                 h.disconnect()
             await fake_upstream.wait_cancelled_async(1)
@@ -221,7 +230,7 @@ async def test_send_raising_oserror_stops_the_upstream(
     """ASGI 2.4 servers raise OSError from ``send`` once the client is gone: same cleanup."""
     fake_upstream.script(KEY_A, Reply(event_gap=0.05, text_deltas=40))
 
-    async def on_send(message: dict[str, Any]) -> None:
+    async def on_send(message: MutableMapping[str, Any]) -> None:
         if len(h.chunks) >= 3:  # and on every later send, as such servers do
             raise OSError("client disconnected")
 
@@ -229,7 +238,7 @@ async def test_send_raising_oserror_stops_the_upstream(
     proxy.observers.append(records)
     h = Harness(request_body(), on_send=on_send)
     with anyio.fail_after(2):
-        await proxy(h.scope(), h.receive, h.send)
+        await h.run(proxy)
         await fake_upstream.wait_cancelled_async(1)
     assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
     [record] = records.done
@@ -245,12 +254,12 @@ async def test_task_cancellation_mid_stream_closes_the_upstream(
     fake_upstream.script(KEY_A, Reply(event_gap=0.05, text_deltas=40))
     relaying = asyncio.Event()
 
-    async def on_send(message: dict[str, Any]) -> None:
+    async def on_send(message: MutableMapping[str, Any]) -> None:
         if len(h.chunks) == 2:
             relaying.set()
 
     h = Harness(request_body(), on_send=on_send)
-    task = asyncio.ensure_future(proxy(h.scope(), h.receive, h.send))
+    task = asyncio.ensure_future(h.run(proxy))
     with anyio.fail_after(2):
         await relaying.wait()
         task.cancel()
@@ -269,10 +278,10 @@ async def test_no_upstream_connection_leaks_after_failovers_and_disconnects(
 
     async def run(h: Harness) -> Harness:
         with anyio.fail_after(5):
-            await proxy(h.scope(), h.receive, h.send)
+            await h.run(proxy)
         return h
 
-    async def leave_early(message: dict[str, Any]) -> None:
+    async def leave_early(message: MutableMapping[str, Any]) -> None:
         if len(h.chunks) == 2:
             h.disconnect()
 
@@ -305,7 +314,9 @@ async def _read_events(reader: asyncio.StreamReader, count: int) -> list[bytes]:
     events: list[bytes] = []
     buf = b""
     while len(events) < count:
-        buf += await reader.read(4096)
+        data = await reader.read(4096)
+        assert data, "the stream ended early"
+        buf += data
         while b"event: " in buf:
             at = buf.index(b"event: ")
             end = buf.find(b"\n", at)
@@ -338,3 +349,58 @@ def test_closing_a_real_socket_stops_the_upstream_stream(proxy_server: Stack) ->
     assert proxy_server.fake.wait_cancelled(1, timeout=2)  # the reply would take 3+ s
     assert proxy_server.wait_idle(2)
     assert proxy_server.pool.status("a").in_flight == 0
+
+
+async def test_records_tell_the_observers_what_happened(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream) -> None:
+    """A request that failed over once is recorded with its failover, account and usage."""
+    fake_upstream.script(KEY_A, RateLimited(retry_after=9, reset_after=9))
+    records = Records()
+    proxy.observers.append(records)
+    h = Harness(request_body())
+    with anyio.fail_after(5):
+        await h.run(proxy)
+    [record] = records.done
+    assert (record.route, record.model, record.stream, record.status) == (
+        "messages", MODEL, True, 200)
+    assert (record.account, record.attempts) == ("b", 2)
+    assert record.failovers == [Failover("a", "rate_limited", 429)]
+    assert record.input_tokens is not None
+    assert record.output_tokens is not None
+    assert record.error_type is None
+    assert not record.client_disconnected
+
+
+async def test_a_client_leaving_during_the_upload_costs_nothing(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream, pool: AccountPool) -> None:
+    """A disconnect before the body is complete ends the request: no account, no upstream."""
+    records = Records()
+    proxy.observers.append(records)
+    body = request_body()
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.disconnect"}]
+    h = Harness(body)
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    with anyio.fail_after(5):
+        await proxy(h.scope(), receive, h.send)
+    assert h.sent == []
+    assert records.done[0].status == 499
+    assert fake_upstream.requests == []
+    assert all(s.requests == 0 for s in pool.statuses())
+
+
+async def test_an_oversized_body_is_a_413_without_upstream(
+        upstream_server: Server, pool: AccountPool) -> None:
+    """A body over ``max_body_size`` is refused by the proxy itself."""
+    h = Harness(request_body())
+    config = fast_config(upstream_server.url, max_body_size=64)
+    async with RotatingProxy(pool, config=config) as proxy:
+        with anyio.fail_after(5):
+            await h.run(proxy)
+    assert h.status == 413
+    assert json.loads(b"".join(h.chunks))["error"]["type"] == "request_too_large"
+    assert upstream_server.app.requests == []

@@ -8,6 +8,7 @@ test_access_control.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -302,6 +303,17 @@ async def test_disable_then_enable(pool: AccountPool, client: httpx.AsyncClient)
     assert on.json() == {"action": "enable", "account": (await client.get(
         "/status/accounts/alpha")).json()}
     assert on.json()["account"]["state"] == "available"
+
+
+async def test_actions_are_logged_with_the_peer_not_the_key(
+        pool: AccountPool, caplog: pytest.LogCaptureFixture) -> None:
+    """Each action leaves an INFO line naming the action, account and peer address, no key."""
+    admin = "adm-STATUSaudit-q5r6"
+    async with await client_for(components_for(pool, admin_token=admin)) as c:
+        caplog.set_level(logging.INFO, logger="ccrotate.status")
+        await c.post("/status/accounts/alpha/disable", headers={"x-api-key": admin})
+    assert "disable of account 'alpha' requested by 127.0.0.1" in caplog.text
+    assert "STATUSaudit" not in caplog.text
 
 
 async def test_enable_keeps_an_account_that_needs_a_login_in_auth_error(

@@ -17,13 +17,16 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
 
 from ccrotate._observe import Failover, RequestRecord
 from ccrotate._pricing import PricingTable
+
+if TYPE_CHECKING:
+    from ccrotate._logstore import LogStore
 
 __all__ = ["COLUMNS", "AccessLog", "LogFilter", "LogSink", "LoggingSink", "entry_from_record",
            "is_error"]
@@ -187,13 +190,13 @@ class AccessLog:
             (and counted in :attr:`dropped`) rather than growing without bound.
     """
 
-    def __init__(self, *, store: Any = None, sinks: Sequence[LogSink] | None = None,
+    def __init__(self, *, store: LogStore | None = None, sinks: Sequence[LogSink] | None = None,
                  pricing: PricingTable | None = None, flush_interval: float = 0.5,
                  batch_size: int = 500, max_pending: int = 50_000) -> None:
         if store is None:
             from ccrotate._logstore import MemoryLogStore
             store = MemoryLogStore()
-        self.store = store
+        self.store: LogStore = store
         self.sinks: list[LogSink] = [*(sinks if sinks is not None else [LoggingSink()]), store]
         self.pricing = pricing if pricing is not None else PricingTable.load()
         self.flush_interval = flush_interval

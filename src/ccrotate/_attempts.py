@@ -215,6 +215,13 @@ def _no_account(exc: NoAccountAvailable, last: Failed | None) -> Failed:
         # the client learns the real upstream error, not a made-up one.
         return last
     if exc.retry_after is not None:
+        if last is not None and parse_error(last.body)[2] == _SPEND_CAP:
+            # Every account is capped: keep the upstream's own body so clients see the
+            # spend-cap code (which tells them retrying soon will not help).
+            last.headers = [(k, v) for k, v in last.headers if k != b"retry-after"]
+            last.headers.append((b"retry-after",
+                                 str(max(1, math.ceil(exc.retry_after))).encode()))
+            return last
         return Failed.of(429, "rate_limit_error", f"ccrotate: {exc}", retry_after=exc.retry_after)
     if last is not None:
         return last

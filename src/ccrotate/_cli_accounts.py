@@ -19,7 +19,7 @@ from ccrotate._accounts import Account, AccountKind, Secret
 from ccrotate._accounts_file import (
     AccountsFile,
     FileFormat,
-    _check_name,
+    _check_name,  # pyright: ignore[reportPrivateUsage]
     discover_accounts_file,
 )
 from ccrotate._cli import command, settings_from
@@ -84,7 +84,8 @@ def _list(args: argparse.Namespace) -> int:
     if accounts is None:
         return 1
     now = time.time()
-    rows = [("NAME", "KIND", "STATE", "WEIGHT", "PRIORITY", "TOKEN EXPIRES", "CREDENTIAL")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "KIND", "STATE", "WEIGHT", "PRIORITY", "TOKEN EXPIRES", "CREDENTIAL")]
     for acc in accounts:
         rows.append((acc.name, acc.kind.value, "disabled" if acc.disabled else "enabled",
                      str(acc.weight), str(acc.priority), _expiry(acc, now),
@@ -101,8 +102,8 @@ def _auth_status(args: argparse.Namespace) -> int:
     if accounts is None:
         return 1
     now = time.time()
-    rows = [("NAME", "KIND", "TOKEN", "EXPIRES")]
-    expired = []
+    rows: list[tuple[str, ...]] = [("NAME", "KIND", "TOKEN", "EXPIRES")]
+    expired: list[str] = []
     for acc in accounts:
         left = acc.expires_in(now)
         valid = "valid" if left is None or left > 0 else "expired"

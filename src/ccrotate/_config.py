@@ -246,7 +246,11 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("access_log_path", "CCROTATE_ACCESS_LOG_DB", "logging.duckdb_path",
           # "" means "no access log" too, so an env var can switch off the config file's.
           lambda raw: None if raw is None or raw == "" else _path(raw),
-          "DuckDB file for the access log; unset: no access log."),
+          "DuckDB file for the access log; unset: JSON lines on the ccrotate.access logger "
+          "and the last 10,000 entries in memory."),
+    _spec("pricing_path", "CCROTATE_PRICING_PATH", "logging.pricing_path",
+          lambda raw: None if raw is None or raw == "" else _path(raw),
+          "Pricing table (JSON) for cost estimates; unset: the one shipped with ccrotate."),
 )
 _SPECS = {spec.name: spec for spec in FIELDS}
 
@@ -300,6 +304,7 @@ class Settings:
                                              hash=False)
     log_level: str = "info"
     access_log_path: Path | None = None
+    pricing_path: Path | None = None
     # Where each value came from; see source_of(). Not part of equality.
     sources: Mapping[str, str] = field(default_factory=dict[str, str], compare=False)
 

@@ -105,7 +105,7 @@ def install_observability(c: Components) -> None:
     from ccrotate._status import status_auth
 
     settings = c.settings
-    pricing = PricingTable.load(getattr(settings, "pricing_path", None))
+    pricing = PricingTable.load(settings.pricing_path)
     store = open_store(settings.access_log_path)
     access = AccessLog(store=store, pricing=pricing)
     c.observers.append(access)

@@ -143,7 +143,7 @@ Try it yourself (the fake upstream answers; nothing reaches Anthropic):
    ANTHROPIC_BASE_URL={base}/api ANTHROPIC_API_KEY=demo claude -p "hi"
    python -c "import anthropic; print(anthropic.Anthropic(base_url='{base}/api', api_key='demo')\
 .messages.create(model='{_MODEL}', max_tokens=50, messages=[{{'role':'user','content':'hi'}}]).content)"
-   status: {base}/status    health: {base}/health
+   dashboard: {base}/dashboard    status: {base}/status    health: {base}/health
 """, file=out, flush=True)
         if exit_after:
             return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import msgspec
@@ -71,11 +71,12 @@ def parse_token_response(name: str, status: int, body: bytes, *,
     for 408, 429 and 5xx, and :class:`RefreshError` for anything else unusable.
     """
     try:
-        doc: Any = _decoder.decode(body)
+        raw: object = _decoder.decode(body)
     except msgspec.DecodeError:
-        doc = None
+        raw = None
+    doc = cast("dict[str, Any]", raw) if isinstance(raw, dict) else None
     if status == 200:
-        if isinstance(doc, dict):
+        if doc is not None:
             access, refresh, expires = (doc.get("access_token"), doc.get("refresh_token"),
                                         doc.get("expires_in"))
             if (isinstance(access, str) and access and isinstance(expires, int | float)
@@ -86,7 +87,7 @@ def parse_token_response(name: str, status: int, body: bytes, *,
         raise RefreshError(name, "the token endpoint answered 200 without a usable "
                            "access_token/expires_in")
     error = description = ""
-    if isinstance(doc, dict):
+    if doc is not None:
         error = str(doc.get("error") or "")
         description = str(doc.get("error_description") or "")
     detail = scrub(f"{error}: {description}" if description else error) or "no error body"

@@ -10,6 +10,7 @@ serves every request concurrently.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -33,6 +34,7 @@ from ccrotate._asgi import (
     send_bytes,
 )
 from ccrotate._attempts import Attempt, Failed, LoopConfig, Refresher, Won, run_attempts
+from ccrotate._exceptions import UpstreamError
 from ccrotate._headers import request_headers, response_headers
 from ccrotate._observe import Observer, RequestRecord
 from ccrotate._pool import AccountPool
@@ -171,16 +173,20 @@ class RotatingProxy:
     async def prepare(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord,
                       ) -> bytes | None:
         """Authenticate and read the body; on refusal, answer and return ``None``."""
+        # Refusals speak the error shape of whoever asked: OpenAI clients (the chat
+        # route, and the models route as _http dispatches it) understand only theirs.
+        openai = record.route == "chat_completions" or (
+            record.route == "models" and self.openai is not None and is_openai_client(scope))
         if self.authenticate is not None and not self.authenticate(scope["headers"]):
             record.status, record.error_type = 401, "authentication_error"
-            await _refuse(send, record, Failed.of(401, "authentication_error",
+            await _refuse(send, openai, Failed.of(401, "authentication_error",
                                                   "ccrotate: invalid or missing client key"))
             return None
         try:
             return await read_body(scope, receive, self.config.max_body_size)
         except BodyTooLarge:
             record.status, record.error_type = 413, "request_too_large"
-            await _refuse(send, record, Failed.of(
+            await _refuse(send, openai, Failed.of(
                 413, "request_too_large",
                 f"ccrotate: request body exceeds {self.config.max_body_size} bytes"))
         except ClientGone:
@@ -219,8 +225,13 @@ class RotatingProxy:
                     record: RequestRecord, t0: float, *, relay: Any) -> None:
         """Run the failover loop and ``relay`` the winner while watching for a disconnect."""
         relayed = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_disconnect, receive, tg.cancel_scope, record)
+        # A cancel scope and one plain task rather than a task group: the same semantics
+        # (the watcher cancels the scope; shielded cleanup inside still completes) for a
+        # fraction of the cost, as anyio's task group took ~50 µs of CPU per request
+        # (docs/benchmarks.md). The watcher is never awaited: it is parked in receive().
+        with anyio.CancelScope() as scope:
+            watcher = asyncio.get_running_loop().create_task(
+                _watch_disconnect(receive, scope, record))
             try:
                 outcome = await run_attempts(attempt, pool=self.pool, upstream=self.upstream,
                                              record=record, config=self.loop_config,
@@ -243,7 +254,10 @@ class RotatingProxy:
                 # ASGI spec 2.4 servers raise on send() once the client is gone.
                 record.client_disconnected = True
             finally:
-                tg.cancel_scope.cancel()
+                watcher.cancel()
+        failed = watcher.exception() if watcher.done() and not watcher.cancelled() else None
+        if failed is not None:
+            raise failed  # receive() itself failed, as a task group would have raised it
         if relayed:
             # Servers answer receive() with http.disconnect once the response is complete,
             # and the watcher may read that before it is cancelled: not a client leaving.
@@ -279,7 +293,9 @@ class RotatingProxy:
                 if scanner is not None:
                     scanner.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except Exception as exc:  # UpstreamError: the upstream died mid-stream
+        except UpstreamError as exc:
+            # Only the upstream dying mid-stream: an OSError from send() is the client
+            # leaving (ASGI 2.4) and must reach serve() untouched, not become an api_error.
             record.error_type = "api_error"
             tail = error_event("api_error", f"ccrotate: upstream stream failed: {exc}")
         else:
@@ -313,10 +329,10 @@ async def _reply(send: Send, failed: Failed) -> None:
     await send_bytes(send, failed.status, headers, failed.body)
 
 
-async def _refuse(send: Send, record: RequestRecord, failed: Failed) -> None:
-    # Refusals before any account is involved speak the route's own error shape:
-    # OpenAI clients only understand {"error": {"message", "type", "param", "code"}}.
-    if record.route == "chat_completions":
+async def _refuse(send: Send, openai: bool, failed: Failed) -> None:
+    # A refusal before any account is involved, in Anthropic's shape or OpenAI's
+    # ({"error": {"message", "type", "param", "code"}}).
+    if openai:
         from ccrotate._openai._errors import anthropic_error_to_openai
         failed.status, failed.body = anthropic_error_to_openai(failed.status, failed.body)
     await _reply(send, failed)
@@ -325,12 +341,16 @@ async def _refuse(send: Send, record: RequestRecord, failed: Failed) -> None:
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope,
                             record: RequestRecord) -> None:
     # The body has been read in full, so this task is the only consumer of receive().
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            record.client_disconnected = True
-            scope.cancel()
-            return
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                record.client_disconnected = True
+                scope.cancel()
+                return
+    except Exception:
+        scope.cancel()  # stop the work; serve() re-raises this once the scope is left
+        raise
 
 
 async def _lifespan(proxy: Any, receive: Receive, send: Send) -> None:
@@ -358,24 +378,42 @@ class RotationMiddleware:
     ``Middleware(RotationMiddleware, pool=pool, prefix="/api")`` in Starlette or
     FastAPI, or ``RotationMiddleware(app, pool=pool)`` by hand. Lifespan events
     start and stop the proxy's connection pool around the app's own lifespan.
-    Websockets and every other path go to ``app`` untouched.
+    Websockets and every other path go to ``app`` untouched. The other keywords
+    are :class:`RotatingProxy`'s, used when no ``proxy`` is given.
     """
 
+    # Explicit keywords, not **options: mypy cannot match a **kwargs signature against
+    # Starlette's Middleware(cls, ...) ParamSpec, so Middleware(RotationMiddleware, ...)
+    # would not type-check.
     def __init__(self, app: ASGIApp, *, pool: AccountPool | None = None,
                  proxy: RotatingProxy | None = None, prefix: str = "/api",
-                 **proxy_options: Any) -> None:
+                 config: ProxyConfig | None = None, refresher: Refresher | None = None,
+                 authenticate: Authenticator | None = None,
+                 observers: Sequence[Observer] = (), openai: Any = None,
+                 upstream: Upstream | None = None) -> None:
         if proxy is None:
             if pool is None:
                 raise TypeError("RotationMiddleware needs pool= or proxy=")
-            proxy = RotatingProxy(pool, **proxy_options)
+            proxy = RotatingProxy(pool, config=config, refresher=refresher,
+                                  authenticate=authenticate, observers=observers,
+                                  openai=openai, upstream=upstream)
         self.app = app
         self.proxy = proxy
         self.prefix = prefix.rstrip("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            async with self.proxy:
-                await self.app(scope, receive, send)
+            proxy = self.proxy
+
+            async def send_after_close(message: Any) -> None:
+                # Servers tear the loop down right after shutdown.complete (cancelling
+                # this task), so the pool must be closed before it is reported.
+                if message["type"] == "lifespan.shutdown.complete":
+                    await proxy.__aexit__(None, None, None)
+                await send(message)
+
+            async with proxy:
+                await self.app(scope, receive, send_after_close)
             return
         if scope["type"] == "http":
             path: str = scope["path"]

@@ -25,7 +25,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -35,22 +35,14 @@ import httpx
 from ccrotate._accounts import Account, AccountKind, Secret
 from ccrotate._accounts_file import AccountsFile
 from ccrotate._exceptions import AccountsFileError, InvalidGrant, RefreshError, UnknownAccount
-from ccrotate._oauth import TokenAnswer, TransientRefreshError, post_token, scrub
+from ccrotate._oauth import TokenAnswer, TransientRefreshError, post_token
 from ccrotate._pool import AccountPool
 from ccrotate._state import AccountState
+from ccrotate._writeback import TokenFile, with_tokens_of
 
 __all__ = ["TokenRefresher"]
 
 log = logging.getLogger("ccrotate.refresh")
-
-
-@dataclass(slots=True)
-class _Unsaved:
-    account: Account
-    """The tokens that should be on disk."""
-    stale: Secret | None
-    """The (dead) refresh token the file still holds."""
-    error: str
 
 
 @dataclass(slots=True)
@@ -109,7 +101,7 @@ class TokenRefresher:
         self._retry = retry_interval
         self._retry_cap = retry_cap
         self._locks: dict[str, anyio.Lock] = {}
-        self._unsaved: dict[str, _Unsaved] = {}
+        self._file = TokenFile(accounts_file)
         self._failing: dict[str, _Failing] = {}
         self._renewed_at: dict[str, float] = {}
         self._running: set[str] = set()
@@ -197,16 +189,16 @@ class TokenRefresher:
                     self._wake = anyio.Event()
         finally:
             with anyio.CancelScope(shield=True):
-                if self._unsaved:
+                if self._file.pending:
                     await self.flush()
-                for name, pending in self._unsaved.items():
+                for name, pending in self._file.pending.items():
                     log.error("account %r: refreshed tokens were never saved (%s); they are "
                               "lost when this process exits: run `ccrotate accounts login %s`",
                               name, pending.error, name)
 
     async def _tick(self, tg: anyio.abc.TaskGroup) -> float:
         # One look at the pool: start the refreshes that are due; seconds until the next.
-        if self._unsaved:
+        if self._file.pending:
             await self.flush()
         now = self._clock()
         wake = now + self._poll
@@ -219,7 +211,7 @@ class TokenRefresher:
                 tg.start_soon(self._background, name)
             else:
                 wake = min(wake, at)
-        if self._unsaved:
+        if self._file.pending:
             wake = min(wake, now + self._retry)
         return wake - now
 
@@ -260,45 +252,37 @@ class TokenRefresher:
     @property
     def unsaved(self) -> dict[str, str]:
         """Accounts whose refreshed tokens are not on disk yet, with the write error."""
-        return {name: p.error for name, p in self._unsaved.items()}
+        return {name: p.error for name, p in self._file.pending.items()}
 
     async def flush(self) -> bool:
         """Retry writing tokens that could not be saved; ``True`` once none are left."""
-        for name in list(self._unsaved):
+        pending = self._file.pending
+        for name in list(pending):
             if name not in self.pool:
-                self._unsaved.pop(name, None)
+                pending.pop(name, None)
                 continue
             async with self._lock_for(name):
-                if name not in self._unsaved:
+                if name not in pending:
                     continue
                 with anyio.CancelScope(shield=True):
-                    async with self._file_locked(name):
+                    async with self._file.locked(name):
                         try:
-                            disk = await self._read_disk(name)
+                            disk = await self._file.read(name)
                         except TransientRefreshError as exc:
-                            self._unsaved[name].error = _reason(exc)
+                            pending[name].error = _reason(exc)
                             continue
                         except RefreshError:
-                            self._unsaved.pop(name)  # no longer an OAuth account on disk
+                            pending.pop(name)  # no longer an OAuth account on disk
                             continue
-                        await self._settle_unsaved(name, disk)
-        return not self._unsaved
+                        await self._file.settle(name, disk)
+        return not pending
 
     def overlay(self, accounts: list[Account]) -> list[Account]:
         """Accounts loaded from the file, with tokens not saved yet put back over stale ones.
 
         The hot-reload watcher calls this so a reload never swaps dead tokens back in.
         """
-        out = []
-        for acc in accounts:
-            pending = self._unsaved.get(acc.name)
-            if pending is not None:
-                if acc.refresh_token == pending.stale:
-                    acc = self._with_tokens_of(acc, pending.account)
-                else:
-                    self._unsaved.pop(acc.name, None)  # the file has newer tokens: it wins
-            out.append(acc)
-        return out
+        return self._file.overlay(accounts)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -325,8 +309,9 @@ class TokenRefresher:
                 await self._renew(name, seen=self.pool.account(name), reason="scheduled")
         except (RefreshError, UnknownAccount):
             pass  # reported on the account and in the log; retried per _failing
-        except Exception:
+        except Exception as exc:
             log.exception("account %r: unexpected error in the scheduled refresh", name)
+            self._note_failure(name, f"unexpected error: {type(exc).__name__}")
         finally:
             self._running.discard(name)
             if self._wake is not None:
@@ -342,6 +327,8 @@ class TokenRefresher:
                 with anyio.CancelScope(shield=True):
                     # Shielded: once the token request is out, its answer must be saved.
                     account = await self._renew_once(name, seen=seen, reason=reason)
+                    self._failing.pop(name, None)
+                    return account
             except InvalidGrant as exc:
                 self._failing.pop(name, None)
                 log.error("%s", exc)
@@ -355,36 +342,38 @@ class TokenRefresher:
             except RefreshError as exc:
                 last = exc
                 break
-            self._failing.pop(name, None)
-            return account
         assert last is not None
-        now = self._clock()
-        fail = self._failing.get(name)
-        count = fail.count + 1 if fail is not None else 1
         message = _reason(last)
         if isinstance(last, TransientRefreshError):
             message = f"token refresh failed after {self._attempts} attempts: {message}"
+        self._note_failure(name, message)
+        raise RefreshError(name, message)
+
+    def _note_failure(self, name: str, message: str) -> None:
+        # Visible on the account, and the next try backs off (the loop honours retry_at).
+        now = self._clock()
+        fail = self._failing.get(name)
+        count = fail.count + 1 if fail is not None else 1
         delay = min(self._retry_cap, self._retry * 2 ** (count - 1))
         self._failing[name] = _Failing(count, now, now + delay, message)
         self.pool.report_failure(name, message)
         log.warning("account %r: %s; next try in %.0fs", name, message, delay)
-        raise RefreshError(name, message)
 
     async def _renew_once(self, name: str, *, seen: Account, reason: str) -> Account:
-        async with self._file_locked(name):
+        async with self._file.locked(name):
             mem = self.pool.account(name)
             source = mem
             stale: Secret | None = None
             if self.accounts_file is not None:
-                disk = await self._read_disk(name)
+                disk = await self._file.read(name)
                 stale = disk.refresh_token
-                if name in self._unsaved:
-                    disk = await self._settle_unsaved(name, disk)
+                if name in self._file.pending:
+                    disk = await self._file.settle(name, disk)
                 # Still unsaved: the file holds dead tokens, ours in memory are the live ones.
-                if name not in self._unsaved and disk.refresh_token != mem.refresh_token:
+                if name not in self._file.pending and disk.refresh_token != mem.refresh_token:
                     # Another process (or a login) rotated the tokens since we loaded them.
                     if disk.access_token != seen.access_token and self._left(disk) > self.margin:
-                        adopted = self._with_tokens_of(mem, disk)
+                        adopted = with_tokens_of(mem, disk)
                         self._install(adopted)
                         log.info("account %r: adopted tokens renewed by another process", name)
                         return adopted
@@ -392,42 +381,22 @@ class TokenRefresher:
             assert source.refresh_token is not None
             answer = await self._post(name, source.refresh_token)
             now = self._clock()
-            new = answer.apply(self._with_tokens_of(mem, source), now)
-            self.refreshes += 1
+            new = answer.apply(with_tokens_of(mem, source), now)
             if self.accounts_file is not None:
                 try:
-                    await anyio.to_thread.run_sync(self._write, name, new)
+                    await self._file.write(name, new)
                 except (OSError, AccountsFileError) as exc:
-                    self._mark_unsaved(name, new, stale, exc)
-                else:
-                    self._unsaved.pop(name, None)
+                    self._report_unsaved(name, new, stale, exc)
             self._install(new)
+            self.refreshes += 1
             left = new.expires_in(now) or 0.0
             log.info("account %r: token refreshed (%s); valid for %.0f min", name, reason,
                      left / 60)
             return new
 
-    async def _settle_unsaved(self, name: str, disk: Account) -> Account:
-        # With the file lock held: write pending tokens if the file still has the stale
-        # ones. Returns what the file holds afterwards.
-        pending = self._unsaved[name]
-        if disk.refresh_token != pending.stale:
-            self._unsaved.pop(name)  # a login or another process wrote newer tokens
-            return disk
-        try:
-            await anyio.to_thread.run_sync(self._write, name, pending.account)
-        except (OSError, AccountsFileError) as exc:
-            pending.error = _describe(exc)
-            return disk
-        self._unsaved.pop(name)
-        log.warning("account %r: refreshed tokens are now saved to %s", name,
-                    self.accounts_file)
-        return pending.account
-
-    def _mark_unsaved(self, name: str, account: Account, stale: Secret | None,
-                      exc: BaseException) -> None:
-        error = _describe(exc)
-        self._unsaved[name] = _Unsaved(account, stale, error)
+    def _report_unsaved(self, name: str, account: Account, stale: Secret | None,
+                        exc: BaseException) -> None:
+        error = self._file.remember(name, account, stale, exc)
         message = (f"new tokens could not be saved to {self.accounts_file} ({error}); "
                    "serving them from memory and retrying the write")
         log.error("account %r: %s", name, message)
@@ -440,64 +409,6 @@ class TokenRefresher:
         with contextlib.suppress(UnknownAccount):  # removed by a reload meanwhile
             self.pool.update_credentials(account)
 
-    @staticmethod
-    def _with_tokens_of(base: Account, source: Account) -> Account:
-        if source is base:
-            return base
-        assert source.access_token is not None
-        assert source.expires_at is not None
-        return base.with_tokens(
-            access_token=source.access_token.reveal(),
-            refresh_token=source.refresh_token.reveal() if source.refresh_token else None,
-            expires_at=source.expires_at)
-
-    @contextlib.asynccontextmanager
-    async def _file_locked(self, name: str) -> AsyncIterator[None]:
-        # flock is held by the open file description, not a thread: take it in a worker
-        # thread (it blocks) and release it from another. Not abandoned on cancel, so a
-        # lock taken is always released.
-        if self.accounts_file is None:
-            yield
-            return
-        held = self.accounts_file.lock()
-        try:
-            await anyio.to_thread.run_sync(held.__enter__)
-        except OSError as exc:
-            raise TransientRefreshError(name, f"cannot lock the accounts file "
-                                        f"({_describe(exc)})") from None
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(held.__exit__, None, None, None)
-
-    async def _read_disk(self, name: str) -> Account:
-        assert self.accounts_file is not None
-        try:
-            accounts = await anyio.to_thread.run_sync(self.accounts_file.load)
-        except AccountsFileError as exc:
-            # Refreshing now would leave nowhere to save the result: wait for a good file.
-            raise TransientRefreshError(
-                name, f"not refreshing while the accounts file is unusable ({exc})") from None
-        for acc in accounts:
-            if acc.name == name and self._oauth(acc):
-                return acc
-        raise RefreshError(name, f"is no longer an OAuth account in {self.accounts_file}")
-
-    def _write(self, name: str, account: Account) -> None:
-        assert self.accounts_file is not None
-        path = str(self.accounts_file.path)
-
-        def change(accounts: dict[str, Account]) -> dict[str, Account] | None:
-            current = accounts.get(name)
-            if current is None or current.kind is not AccountKind.OAUTH:
-                # Changed behind the lock by a writer that does not take it (an editor).
-                raise AccountsFileError(path, "is no longer an OAuth account", account=name)
-            accounts[name] = self._with_tokens_of(current, account)
-            return accounts
-
-        self.accounts_file.update_locked(change)
-
     async def _post(self, name: str, refresh_token: Secret) -> TokenAnswer:
         payload = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal(),
                    "client_id": self.client_id}
@@ -508,9 +419,3 @@ class TokenRefresher:
 def _reason(exc: RefreshError) -> str:
     # The message without its "account 'name': " prefix (names never contain ": ").
     return str(exc).split(": ", 1)[-1]
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return scrub(str(exc)) or type(exc).__name__

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from ccrotate._accounts import Account
 from ccrotate._accounts_file import AccountsFile

@@ -19,6 +19,7 @@ mount on any server. Responses never hold a credential: at most ``…a1b2``.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ from ccrotate._pool import AccountPool, AccountStatus
 __all__ = ["ForceRefresher", "StatusMount", "is_loopback_peer", "status_app", "status_auth"]
 
 Authenticator = Callable[[Sequence[tuple[bytes, bytes]]], bool]
+log = logging.getLogger("ccrotate.status")
 _ENCODER = msgspec.json.Encoder()
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
@@ -103,6 +105,12 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _error(500, "api_error", "ccrotate status: internal error")
 
 
+def _audit(request: Request, action: str, name: str) -> None:
+    # Who changed the pool, for the server log: the peer address, never the key.
+    peer = request.client.host if request.client is not None else "unknown peer"
+    log.info("status API: %s of account %r requested by %s", action, name, peer)
+
+
 # -- access control -------------------------------------------------------------------------
 
 
@@ -145,19 +153,18 @@ class _Guard:
         await send_bytes(send, status, headers, _error_bytes(type_, message))
 
     def _check(self, scope: Scope) -> tuple[int, str, str] | None:
-        headers = scope["headers"]
         admin_ok = self._passes(self.admin_auth, scope)
         if scope["method"] in _READ_METHODS:
             if admin_ok or self._passes(self.read_auth, scope):
                 return None
-            return self._refuse(scope, "reading the status")
+            return self._refuse(scope, read=True)
         if admin_ok:
             return None
-        if self.read_auth is not None and self.read_auth(headers):
+        if self.read_auth is not None and self.read_auth(scope["headers"]):
             return (403, "permission_error",
                     "ccrotate status: this key may read the status but not change it; "
                     "admin actions need the admin token (CCROTATE_ADMIN_TOKEN)")
-        return self._refuse(scope, "admin actions")
+        return self._refuse(scope, read=False)
 
     @staticmethod
     def _passes(auth: Authenticator | None, scope: Scope) -> bool:
@@ -165,10 +172,10 @@ class _Guard:
             return is_loopback_peer(scope)
         return auth(scope["headers"])
 
-    def _refuse(self, scope: Scope, what: str) -> tuple[int, str, str]:
-        needs_key = (self.admin_auth is not None
-                     or (what == "reading the status" and self.read_auth is not None))
-        if needs_key:
+    def _refuse(self, scope: Scope, *, read: bool) -> tuple[int, str, str]:
+        what = "reading the status" if read else "admin actions"
+        # A key would have helped if any authenticator (not the loopback rule) was in play.
+        if self.admin_auth is not None or (read and self.read_auth is not None):
             given = presented_token(scope["headers"]) is not None
             return (401, "authentication_error",
                     "ccrotate status: " + ("invalid key" if given else "a key is required")
@@ -247,18 +254,19 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
         return status if isinstance(status, Response) else _json(view(status))
 
     async def enable(request: Request) -> Response:
-        return _act(request, "enable", pool.enable)
+        return act(request, "enable", pool.enable)
 
     async def disable(request: Request) -> Response:
-        return _act(request, "disable", pool.disable)
+        return act(request, "disable", pool.disable)
 
-    def _act(request: Request, action: str, fn: Callable[[str], None]) -> Response:
+    def act(request: Request, action: str, fn: Callable[[str], None]) -> Response:
         name: str = request.path_params["name"]
         try:
             fn(name)
             status = pool.status(name)
         except UnknownAccount as exc:
             return _error(404, "not_found_error", str(exc))
+        _audit(request, action, name)
         return _json(ActionResult(action=action, account=view(status)))
 
     async def refresh(request: Request) -> Response:
@@ -273,8 +281,11 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
             return _error(501, "refresh_unavailable",
                           "ccrotate status: token refresh is unavailable in this server")
         before = pool.account(status.name)
+        _audit(request, "refresh", status.name)
         try:
             renewed = await refresher.refresh(status.name, reason="forced by operator")
+        except UnknownAccount as exc:  # removed by a reload while refreshing
+            return _error(404, "not_found_error", str(exc))
         except InvalidGrant as exc:
             return _error(409, "invalid_grant", scrub(str(exc), before) or "")
         except RefreshError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ccrotate._openai._caps import ModelCapabilities, parse_model_capabilities
 from ccrotate._openai._errors import anthropic_error_to_openai, translation_error_body
-from ccrotate._openai._response import models_to_openai
+from ccrotate._openai._response import model_to_openai, models_to_openai
 from ccrotate._openai._stream import StreamTranslator
 from ccrotate._openai._translator import CapabilitySource, OpenAITranslator, TranslatedRequest
 
@@ -20,6 +20,7 @@ __all__ = [
     "StreamTranslator",
     "TranslatedRequest",
     "anthropic_error_to_openai",
+    "model_to_openai",
     "models_to_openai",
     "parse_model_capabilities",
     "translation_error_body",

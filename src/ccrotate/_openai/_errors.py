@@ -43,7 +43,12 @@ _SPEND_CAP = "enforced_spend_limit_reached"
 
 def _classify(status: int, anthropic_type: str | None) -> tuple[int, str, str | None]:
     if anthropic_type in _ERRORS:
-        return _ERRORS[anthropic_type]
+        mapped = _ERRORS[anthropic_type]
+        if mapped[0] == 500 and 500 < status < 529:
+            # A generic api_error sent as 502/503/504 (the upstream unreachable, no account
+            # left to serve) keeps that status: it says more than 500 does.
+            return status, mapped[1], mapped[2]
+        return mapped
     known = _BY_STATUS.get(status)
     if known is not None:
         return _ERRORS[known]

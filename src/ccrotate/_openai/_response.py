@@ -11,7 +11,10 @@ from ccrotate._exceptions import UpstreamProtocolError
 from ccrotate._openai import _schema_anthropic as A
 from ccrotate._openai import _schema_openai as O
 
-__all__ = ["chat_id", "finish_reason", "models_to_openai", "openai_usage", "response_body"]
+__all__ = ["chat_id", "finish_reason", "model_to_openai", "models_to_openai", "openai_usage",
+           "response_body"]
+
+_MODEL_DECODER = msgspec.json.Decoder(A.ModelInfo)
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -123,3 +126,17 @@ def models_to_openai(anthropic_models_body: bytes, *,
         if target in created and alias not in created:
             data.append(O.OutModel(id=alias, created=created[target]))
     return O.ENCODER.encode(O.ModelList(data=data))
+
+
+def model_to_openai(anthropic_model_body: bytes, *, model_id: str | None = None) -> bytes:
+    """Translate ``GET /v1/models/{id}`` into OpenAI's model object.
+
+    ``model_id`` replaces the upstream id (the alias the client asked for). Raises
+    UpstreamProtocolError on a body that is not a model.
+    """
+    try:
+        info = _MODEL_DECODER.decode(anthropic_model_body)
+    except msgspec.DecodeError as exc:
+        raise UpstreamProtocolError(f"upstream model is malformed: {exc}") from None
+    created = int(info.created_at.timestamp()) if info.created_at else 0
+    return O.ENCODER.encode(O.OutModel(id=model_id or info.id, created=created))

@@ -10,6 +10,7 @@ from ccrotate.testing._wire import mask
 CredentialKind = Literal["api_key", "oauth"]
 
 _SECRET_HEADERS = frozenset({"x-api-key", "authorization"})
+_SECRET_FIELDS = frozenset({"refresh_token", "access_token", "code", "code_verifier"})
 
 
 @dataclass(eq=False)
@@ -54,7 +55,11 @@ class RecordedRequest:
 
     def __repr__(self) -> str:
         headers = tuple((k, mask(v) if k in _SECRET_HEADERS else v) for k, v in self.headers)
-        body = repr(self.json)
+        shown = self.json
+        if isinstance(shown, dict):
+            shown = {k: mask(v) if k in _SECRET_FIELDS and isinstance(v, str) else v
+                     for k, v in shown.items()}
+        body = repr(shown)
         if len(body) > 200:
             body = body[:200] + "…"
         return (f"RecordedRequest(method={self.method!r}, path={self.path!r}, "
