@@ -48,4 +48,5 @@ def bench(session: nox.Session) -> None:
 def claude_code(session: nox.Session) -> None:
     """Claude Code itself (npm) through the proxy against the fake upstream (opt-in, slow)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "claude_code", "-q", env={"CCROTATE_TEST_CLAUDE_CODE": "1"})
+    session.run("pytest", "-m", "claude_code", "-q", "tests/test_claude_code.py",
+                env={"CCROTATE_TEST_CLAUDE_CODE": "1"})

@@ -132,3 +132,29 @@ def pytest_configure(config: pytest.Config) -> None:
     # Registered here as well as in pyproject, so --strict-markers accepts it either way.
     config.addinivalue_line("markers", "claude_code: runs the real Claude Code CLI "
                             "(opt-in: CCROTATE_TEST_CLAUDE_CODE=1)")
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+
+
+@pytest.fixture(autouse=True)
+def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing in the suite may reach a real host (api.anthropic.com, platform.claude.com):
+    name resolution of anything but loopback fails at once, in every thread."""
+    import ipaddress
+    import socket
+
+    real = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None and name not in _LOOPBACK_NAMES:
+            try:
+                loopback = ipaddress.ip_address(name).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise socket.gaierror(socket.EAI_NONAME, f"tests may not resolve {name!r}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)

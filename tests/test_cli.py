@@ -17,7 +17,8 @@ from ccrotate._demo import run_demo
 def test_loopback_without_token_is_allowed_and_said() -> None:
     """No client token on loopback: allowed, with a notice saying so."""
     notice = check_bind(Settings(host="127.0.0.1"))
-    assert notice is not None and "loopback" in notice
+    assert notice is not None
+    assert "loopback" in notice
 
 
 def test_public_bind_without_token_is_refused() -> None:
@@ -25,7 +26,8 @@ def test_public_bind_without_token_is_refused() -> None:
     with pytest.raises(ConfigError, match="CCROTATE_AUTH_TOKEN"):
         check_bind(Settings(host="0.0.0.0"))
     warning = check_bind(Settings(host="0.0.0.0", allow_remote=True))
-    assert warning is not None and "NO client authentication" in warning
+    assert warning is not None
+    assert "NO client authentication" in warning
 
 
 def test_public_bind_with_token_is_quiet() -> None:
@@ -46,7 +48,9 @@ def test_serve_names_a_malformed_accounts_file_and_never_prints_tokens(
     code = main(["serve", "--accounts", str(path), "--port", "1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert str(path) in err and "'broken'" in err and "refreshToken" in err
+    assert str(path) in err
+    assert "'broken'" in err
+    assert "refreshToken" in err
     assert secret not in err
 
 
@@ -68,7 +72,8 @@ def test_demo_shows_rotation_failover_and_pinning() -> None:
     served = [line.rsplit(" ", 1)[-1] for line in text.splitlines()
               if line.strip().startswith("request ")]
     assert sorted(served) == ["alice", "bob", "team-key"]
-    assert "got a 429" in text and "never knew" in text
+    assert "got a 429" in text
+    assert "never knew" in text
     assert "X-Account-Name: team-key -> served by team-key" in text
     assert "message_stop" in text
     assert "sk-ant-" not in text

@@ -34,7 +34,8 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
 def test_readme_states_the_terms() -> None:
     """The README says plainly that pooled subscriptions are for your own accounts."""
     text = (ROOT / "README.md").read_text()
-    assert "your own accounts" in text and "Anthropic's terms" in text
+    assert "your own accounts" in text
+    assert "Anthropic's terms" in text
 
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")),
@@ -54,7 +55,8 @@ def test_server_example_serves_through_the_fake_upstream(tmp_path: Path) -> None
     from ccrotate.testing import FakeUpstream, serve_app
 
     spec = importlib.util.spec_from_file_location("example_server", ROOT / "examples/server.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     fake = FakeUpstream()

@@ -16,6 +16,7 @@ from pytest_httpx import HTTPXMock
 
 from ccrotate import (
     Account,
+    AccountKind,
     AccountPool,
     AccountsFile,
     AccountState,
@@ -401,3 +402,17 @@ async def test_a_dead_grant_fails_over_and_leaves_other_accounts_serving(
     assert "invalid_grant" in (pool.status("dead").last_error or "")
     assert pool.status("fine").requests == 3
     assert fake.oauth.refresh_count() == 1
+
+
+async def test_without_an_accounts_file_tokens_are_renewed_in_memory(
+        fake_upstream_server: ServerHandle[FakeUpstream],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """accounts_file=None: the refresh works, and the log says nothing was saved."""
+    fake = fake_upstream_server.app
+    old = Account(name="mem", kind=AccountKind.OAUTH, access_token=Secret(fake.add_access_token()),
+                  refresh_token=Secret(fake.oauth.add_refresh_token()), expires_at=time.time())
+    pool = AccountPool([old])
+    new = await refresher_for(fake_upstream_server, pool, None).ensure_fresh(old)
+    assert new.refresh_token != old.refresh_token
+    assert pool.account("mem") == new
+    assert "this process only" in caplog.text

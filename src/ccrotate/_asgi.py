@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-__all__ = ["ASGIApp", "Receive", "Scope", "Send", "read_body", "route_path", "send_bytes"]
+__all__ = ["ASGIApp", "Receive", "Scope", "Send", "api_path", "read_body", "route_path",
+           "send_bytes"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,6 +30,12 @@ def route_path(scope: Scope) -> str:
     if root and path.startswith(root):
         return path[len(root):] or "/"
     return path
+
+
+def api_path(scope: Scope) -> str:
+    """:func:`route_path` without one trailing slash (Litestar mounts add one)."""
+    path = route_path(scope)
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -18,7 +18,13 @@ from typing import Protocol
 import anyio
 
 from ccrotate._accounts import Account, AccountKind
-from ccrotate._exceptions import NoAccountAvailable, RefreshError, UnknownAccount, UpstreamError
+from ccrotate._exceptions import (
+    InvalidGrant,
+    NoAccountAvailable,
+    RefreshError,
+    UnknownAccount,
+    UpstreamError,
+)
 from ccrotate._headers import OAUTH_BETA, merge_beta, response_headers
 from ccrotate._observe import Failover, Observer, RequestRecord
 from ccrotate._pool import AccountPool
@@ -247,8 +253,14 @@ async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: R
     if refresher is not None and account.kind is AccountKind.OAUTH:
         try:
             account = await refresher.ensure_fresh(account)
-        except RefreshError as exc:
+        except InvalidGrant as exc:
             return "auth", Failed.of(401, "authentication_error", f"token refresh failed: {exc}")
+        except RefreshError as exc:
+            # The token endpoint is unreachable or failing: not the account's fault, and
+            # the refresher keeps retrying it in the background.
+            return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
+        except UnknownAccount:
+            return "connection", Failed.of(502, "api_error", "ccrotate: account was removed")
     sent = anyio.current_time()
     try:
         resp = await upstream.send(attempt.method, attempt.path, attempt.headers_for(account),
@@ -274,7 +286,7 @@ async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: R
             refreshed.add(account.name)
             try:
                 await refresher.refresh(account.name, reason="upstream answered 401")
-            except RefreshError:
+            except (RefreshError, UnknownAccount):
                 return reason, failed
             record.attempts -= 1  # the retry after a refresh is the same attempt
             return "refreshed", failed

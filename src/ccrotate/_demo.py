@@ -141,8 +141,9 @@ Try it yourself (the fake upstream answers; nothing reaches Anthropic):
    curl -s {base}/api/v1/messages -H 'content-type: application/json' \\
         -d '{{"model":"{_MODEL}","max_tokens":50,"messages":[{{"role":"user","content":"hi"}}]}}'
    ANTHROPIC_BASE_URL={base}/api ANTHROPIC_API_KEY=demo claude -p "hi"
-   python -c "import anthropic; print(anthropic.Anthropic(base_url='{base}/api', api_key='demo')\
-.messages.create(model='{_MODEL}', max_tokens=50, messages=[{{'role':'user','content':'hi'}}]).content)"
+   python -c "import anthropic; c = anthropic.Anthropic(base_url='{base}/api', api_key='demo'); \
+print(c.messages.create(model='{_MODEL}', max_tokens=50, \
+messages=[{{'role':'user','content':'hi'}}]).content)"
    dashboard: {base}/dashboard    status: {base}/status    health: {base}/health
 """, file=out, flush=True)
         if exit_after:

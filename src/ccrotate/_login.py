@@ -16,15 +16,16 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit
-
-import httpx
 
 from ccrotate._accounts import Account, AccountKind, Secret
 from ccrotate._accounts_file import AccountsFile
 from ccrotate._exceptions import CCRotateError
 from ccrotate._oauth import TokenAnswer, post_token_sync
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["REDIRECT_URI", "SCOPES", "LoginRequest", "exchange_code", "login",
            "parse_pasted_code", "save_account", "start_login"]

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import httpx
 import msgspec
 
 from ccrotate._accounts import Account, Secret
 from ccrotate._exceptions import InvalidGrant, RefreshError
 from ccrotate._headers import OAUTH_BETA
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["TOKEN_HEADERS", "TokenAnswer", "TransientRefreshError", "parse_token_response",
            "post_token", "post_token_sync", "scrub"]
@@ -100,6 +102,8 @@ def parse_token_response(name: str, status: int, body: bytes, *,
 
 
 def _network_error(name: str, exc: httpx.HTTPError) -> TransientRefreshError:
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return TransientRefreshError(name, "the token endpoint timed out")
     return TransientRefreshError(name, f"cannot reach the token endpoint "
@@ -113,6 +117,8 @@ async def post_token(url: str, payload: dict[str, str], *, account: str,
 
     ``http`` is reused when given; otherwise a short-lived client makes the one call.
     """
+    import httpx  # imported on first use: most processes never refresh a token
+
     try:
         if http is not None:
             resp = await http.post(url, json=payload, headers=TOKEN_HEADERS,
@@ -129,6 +135,8 @@ def post_token_sync(url: str, payload: dict[str, str], *, account: str,
                     http: httpx.Client | None = None, timeout: float = 30.0,
                     grant: str = "refresh token") -> TokenAnswer:
     """:func:`post_token` for synchronous callers (the CLI)."""
+    import httpx
+
     try:
         if http is not None:
             resp = http.post(url, json=payload, headers=TOKEN_HEADERS, timeout=timeout)

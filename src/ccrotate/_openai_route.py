@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import anyio
 
-from ccrotate._asgi import Receive, Scope, Send, route_path, send_bytes
+from ccrotate._asgi import Receive, Scope, Send, api_path, send_bytes
 from ccrotate._attempts import Attempt, Failed, Won, run_attempts
 from ccrotate._exceptions import TranslationError, UpstreamError, UpstreamProtocolError
 from ccrotate._headers import request_headers, response_headers
@@ -115,7 +115,7 @@ class OpenAIRoute:
         if await proxy.prepare(scope, receive, send, record) is None:
             return
         fwd, _, pinned = request_headers(scope["headers"])
-        model_id = route_path(scope).removeprefix("/v1/models").removeprefix("/") or None
+        model_id = api_path(scope).removeprefix("/v1/models").removeprefix("/") or None
         aliases = self.aliases
         path = "/v1/models?limit=1000"
         if model_id is not None:

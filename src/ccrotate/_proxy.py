@@ -28,9 +28,9 @@ from ccrotate._asgi import (
     Receive,
     Scope,
     Send,
+    api_path,
     is_openai_client,
     read_body,
-    route_path,
     send_bytes,
 )
 from ccrotate._attempts import Attempt, Failed, LoopConfig, Refresher, Won, run_attempts
@@ -141,7 +141,11 @@ class RotatingProxy:
     # -- the request ---------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = route_path(scope)
+        path = api_path(scope)
+        if path == "/" and scope["method"] in ("GET", "HEAD"):
+            # Claude Code probes its base URL with HEAD before the first request.
+            await send_bytes(send, 200, [(b"content-type", b"application/json")], b"{}")
+            return
         route = _ROUTES.get(path)
         if (route is None and path.startswith("/v1/models/")
                 and _MODEL_ID.fullmatch(path[len("/v1/models/"):])):
@@ -216,7 +220,7 @@ class RotatingProxy:
             context = SelectionContext(model=peek.model, session_key=user)
         fwd, beta, pinned = request_headers(scope["headers"])
         query = scope.get("query_string", b"")
-        path = route_path(scope) + ("?" + query.decode("latin-1") if query else "")
+        path = api_path(scope) + ("?" + query.decode("latin-1") if query else "")
         attempt = Attempt(scope["method"], path, fwd, beta, body or None, pinned, identity,
                           context)
         await self.serve(attempt, receive, send, record, t0, relay=self._relay)

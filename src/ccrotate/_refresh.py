@@ -27,10 +27,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import httpx
 
 from ccrotate._accounts import Account, AccountKind, Secret
 from ccrotate._accounts_file import AccountsFile
@@ -39,6 +39,9 @@ from ccrotate._oauth import TokenAnswer, TransientRefreshError, post_token
 from ccrotate._pool import AccountPool
 from ccrotate._state import AccountState
 from ccrotate._writeback import TokenFile, with_tokens_of
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["TokenRefresher"]
 
@@ -143,6 +146,8 @@ class TokenRefresher:
                 if self._left(current) > 0:
                     return current
                 raise
+            except UnknownAccount:
+                return current  # removed by a reload mid-refresh
 
     async def refresh(self, name: str, *, reason: str = "requested") -> Account:
         """Refresh ``name`` now (after a 401, or an operator's "refresh now").
@@ -390,8 +395,10 @@ class TokenRefresher:
             self._install(new)
             self.refreshes += 1
             left = new.expires_in(now) or 0.0
-            log.info("account %r: token refreshed (%s); valid for %.0f min", name, reason,
-                     left / 60)
+            log.log(logging.INFO if self.accounts_file else logging.WARNING,
+                    "account %r: token refreshed (%s); valid for %.0f min%s", name, reason,
+                    left / 60, "" if self.accounts_file else
+                    " (no accounts file: the new tokens live in this process only)")
             return new
 
     def _report_unsaved(self, name: str, account: Account, stale: Secret | None,

@@ -48,9 +48,10 @@ class _ErrorDetail(msgspec.Struct):
     message: str
 
 
-class _ErrorBody(msgspec.Struct):
+class _ErrorBody(msgspec.Struct, omit_defaults=True):
+    # ``type`` has no default so that omit_defaults drops only an absent request_id.
+    type: str
     error: _ErrorDetail
-    type: str = "error"
     request_id: str | None = None
 
 
@@ -70,7 +71,7 @@ _error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
 
 def error_body(type_: str, message: str, request_id: str | None = None) -> bytes:
     """An Anthropic error body: ``{"type":"error","error":{"type","message"},"request_id"}``."""
-    return _encoder.encode(_ErrorBody(_ErrorDetail(type_, message), request_id=request_id))
+    return _encoder.encode(_ErrorBody("error", _ErrorDetail(type_, message), request_id=request_id))
 
 
 def error_event(type_: str, message: str) -> bytes:
