@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,7 +31,7 @@ from ccrotate._observe import Failover, Observer, RequestRecord
 from ccrotate._pool import AccountPool
 from ccrotate._strategy import SelectionContext
 from ccrotate._upstream import Upstream, UpstreamResponse
-from ccrotate._wire import SSEScanner, error_body, inject_identity, parse_error
+from ccrotate._wire import STATUS_OF_ERROR, SSEScanner, error_body, inject_identity, parse_error
 
 __all__ = ["Attempt", "Failed", "Refresher", "Won", "run_attempts"]
 
@@ -261,14 +262,14 @@ async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: R
             return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
         except UnknownAccount:
             return "connection", Failed.of(502, "api_error", "ccrotate: account was removed")
-    sent = anyio.current_time()
+    sent = time.perf_counter()
     try:
         resp = await upstream.send(attempt.method, attempt.path, attempt.headers_for(account),
                                    attempt.body_for(account))
     except UpstreamError as exc:
         return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
     try:
-        record.upstream_latency = anyio.current_time() - sent
+        record.upstream_latency = time.perf_counter() - sent
         status = resp.status
         if status < 400:
             streaming = resp.content_type == "text/event-stream"
@@ -318,8 +319,8 @@ async def _peek_stream(account: Account, resp: UpstreamResponse,
     if scanner.error is not None:
         type_, message = scanner.error
         await resp.aclose()
-        status = {"overloaded_error": 529, "rate_limit_error": 429}.get(type_, 500)
-        reason = _classify(status) or "server_error"
+        status = STATUS_OF_ERROR.get(type_, 500)
+        reason = _classify(status) or "client_error"
         return reason, Failed(status, response_headers(resp.raw_headers)
                               if status == 429 else list(_JSON), error_body(type_, message))
     if not scanner.first_event_complete():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Failover", "Observer", "RequestRecord"]
+__all__ = ["Failover", "Observer", "RequestRecord", "apply_usage"]
 
 
 @dataclass(slots=True)
@@ -57,3 +57,22 @@ class Observer(Protocol):
     def on_failover(self, record: RequestRecord, failover: Failover) -> None: ...
 
     def on_request(self, record: RequestRecord) -> None: ...
+
+
+class UsageLike(Protocol):
+    """Token counts as the Messages API names them (``_wire.Usage``)."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_input_tokens: int | None
+    cache_creation_input_tokens: int | None
+
+
+def apply_usage(record: RequestRecord, usage: UsageLike | None) -> None:
+    """Copy the upstream's token counts onto ``record``."""
+    if usage is None:
+        return
+    record.input_tokens = usage.input_tokens
+    record.output_tokens = usage.output_tokens
+    record.cache_read_tokens = usage.cache_read_input_tokens
+    record.cache_write_tokens = usage.cache_creation_input_tokens

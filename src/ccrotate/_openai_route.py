@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import anyio
@@ -19,7 +19,7 @@ from ccrotate._asgi import Receive, Scope, Send, api_path, send_bytes
 from ccrotate._attempts import Attempt, Failed, Won, run_attempts
 from ccrotate._exceptions import TranslationError, UpstreamError, UpstreamProtocolError
 from ccrotate._headers import request_headers, response_headers
-from ccrotate._observe import RequestRecord
+from ccrotate._observe import RequestRecord, apply_usage
 from ccrotate._openai import (
     ModelCapabilities,
     OpenAITranslator,
@@ -136,7 +136,7 @@ class OpenAIRoute:
                 await _error(send, Failed.of(502, "api_error", f"ccrotate: {exc}"), record)
                 return
             record.status = 200
-            record.ttfb = anyio.current_time() - t0
+            record.ttfb = time.perf_counter() - t0
             await send_bytes(send, 200, [_JSON, (b"x-ccrotate-account",
                                                  outcome.account.name.encode())], body)
 
@@ -211,15 +211,15 @@ async def _relay(send: Send, outcome: Won | Failed, record: RequestRecord, t0: f
             record.error_type = "api_error"
             await _error(send, Failed.of(502, "api_error", f"ccrotate: {exc}"), record)
             return
-        _usage(record, usage_of_body(raw))
+        apply_usage(record, usage_of_body(raw))
         record.status = 200
-        record.ttfb = anyio.current_time() - t0
+        record.ttfb = time.perf_counter() - t0
         await send_bytes(send, 200, [_JSON, account, *kept], body)
         return
     record.status = 200
     await send({"type": "http.response.start", "status": 200,
                 "headers": [*_SSE, account, *kept]})
-    record.ttfb = anyio.current_time() - t0
+    record.ttfb = time.perf_counter() - t0
     stream = translator.stream_translator(req)
     scanner = outcome.scanner
 
@@ -248,14 +248,6 @@ async def _relay(send: Send, outcome: Won | Failed, record: RequestRecord, t0: f
         elif scanner is not None and not scanner.finished:
             record.error_type = "api_error"  # ended without message_stop: an error event
     if scanner is not None:
-        _usage(record, scanner.usage)
+        apply_usage(record, scanner.usage)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-
-def _usage(record: RequestRecord, usage: Any) -> None:
-    if usage is None:
-        return
-    record.input_tokens = usage.input_tokens
-    record.output_tokens = usage.output_tokens
-    record.cache_read_tokens = usage.cache_read_input_tokens
-    record.cache_write_tokens = usage.cache_creation_input_tokens

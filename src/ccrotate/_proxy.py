@@ -36,7 +36,7 @@ from ccrotate._asgi import (
 from ccrotate._attempts import Attempt, Failed, LoopConfig, Refresher, Won, run_attempts
 from ccrotate._exceptions import UpstreamError
 from ccrotate._headers import request_headers, response_headers
-from ccrotate._observe import Observer, RequestRecord
+from ccrotate._observe import Observer, RequestRecord, apply_usage
 from ccrotate._pool import AccountPool
 from ccrotate._strategy import SelectionContext
 from ccrotate._upstream import Timeouts, Upstream
@@ -161,7 +161,7 @@ class RotatingProxy:
             return
         record = RequestRecord(request_id=secrets.token_hex(8), started_at=time.time(),
                                route=name, method=method)
-        t0 = anyio.current_time()
+        t0 = time.perf_counter()
         try:
             if self.openai is not None and openai:
                 await self.openai.handle(self, scope, receive, send, record, t0)
@@ -170,7 +170,7 @@ class RotatingProxy:
             else:
                 await self._anthropic(scope, receive, send, record, t0)
         finally:
-            record.latency = anyio.current_time() - t0
+            record.latency = time.perf_counter() - t0
             for observer in self.observers:
                 observer.on_request(record)
 
@@ -282,12 +282,12 @@ class RotatingProxy:
         if not outcome.streaming:
             body = outcome.head[0]
             if record.route == "messages" and resp.content_encoding is None:
-                _usage(record, usage_of_body(body))
-            record.ttfb = anyio.current_time() - t0
+                apply_usage(record, usage_of_body(body))
+            record.ttfb = time.perf_counter() - t0
             await send_bytes(send, resp.status, headers, body)
             return
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        record.ttfb = anyio.current_time() - t0
+        record.ttfb = time.perf_counter() - t0
         scanner = outcome.scanner
         for chunk in outcome.head:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -309,17 +309,8 @@ class RotatingProxy:
         if scanner is not None:
             if scanner.error is not None:
                 record.error_type = scanner.error[0]
-            _usage(record, scanner.usage)
+            apply_usage(record, scanner.usage)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
-
-
-def _usage(record: RequestRecord, usage: Any) -> None:
-    if usage is None:
-        return
-    record.input_tokens = usage.input_tokens
-    record.output_tokens = usage.output_tokens
-    record.cache_read_tokens = usage.cache_read_input_tokens
-    record.cache_write_tokens = usage.cache_creation_input_tokens
 
 
 def _error_type(body: bytes) -> str | None:

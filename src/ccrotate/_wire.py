@@ -14,6 +14,7 @@ import msgspec
 
 __all__ = [
     "IDENTITY_LINES",
+    "STATUS_OF_ERROR",
     "RequestPeek",
     "SSEScanner",
     "Usage",
@@ -33,12 +34,14 @@ _BILLING_PREFIX = "x-anthropic-billing-header:"
 
 STATUS_OF_ERROR = {
     "invalid_request_error": 400,
+    "billing_error": 400,
     "authentication_error": 401,
     "permission_error": 403,
     "not_found_error": 404,
     "request_too_large": 413,
     "rate_limit_error": 429,
     "api_error": 500,
+    "timeout_error": 504,
     "overloaded_error": 529,
 }
 

@@ -6,20 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from ccrotate._wire import STATUS_OF_ERROR
 from ccrotate.testing._sync import Gate
 
-STATUS_BY_ERROR_TYPE: dict[str, int] = {
-    "invalid_request_error": 400,
-    "billing_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
+# The real API's status for each error type; the proxy maps error events the same way.
+STATUS_BY_ERROR_TYPE: dict[str, int] = dict(STATUS_OF_ERROR)
 
 
 @dataclass(frozen=True)
