@@ -1,9 +1,11 @@
-"""Claude Code itself through the proxy (opt-in: ``CCROTATE_TEST_CLAUDE_CODE=1``).
+"""Claude Code itself through the proxy.
 
 Runs the real CLI (``CCROTATE_CLAUDE_BIN``, else ``claude`` on PATH, else
 ``npx -y @anthropic-ai/claude-code``) with ``ANTHROPIC_BASE_URL`` at the proxy's
-``/api`` prefix, in front of the fake upstream. Too slow and too dependent on npm
-for every CI run, so it is skipped unless asked for (a nox session sets the variable).
+``/api`` prefix, in front of the fake upstream. It runs when ``CCROTATE_CLAUDE_BIN``
+names an installed CLI (``.ci/run`` installs one from npm) or when
+``CCROTATE_TEST_CLAUDE_CODE=1`` asks for it (``nox -s claude_code``); otherwise it skips,
+so a machine without Node.js still passes.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ def _claude_command() -> list[str]:
 
 
 @pytest.mark.claude_code
-@pytest.mark.skipif(os.environ.get("CCROTATE_TEST_CLAUDE_CODE") != "1",
-                    reason="set CCROTATE_TEST_CLAUDE_CODE=1 to run the real Claude Code CLI")
+@pytest.mark.skipif(
+    os.environ.get("CCROTATE_TEST_CLAUDE_CODE") != "1"
+    and not Path(os.environ.get("CCROTATE_CLAUDE_BIN") or "/nonexistent").is_file(),
+    reason="set CCROTATE_CLAUDE_BIN (or CCROTATE_TEST_CLAUDE_CODE=1) to run Claude Code")
 def test_claude_code_works_through_the_proxy(serve_proxy: Any, tmp_path: Path) -> None:
     """``claude -p`` with ``ANTHROPIC_BASE_URL=…/api`` gets the fake's reply via both kinds."""
     stack: Stack = serve_proxy(
