@@ -347,3 +347,50 @@ def test_the_real_claude_code_request_passes_unchanged(proxy_server: Stack) -> N
     assert rec.header("x-claude-code-session-id") == sample["headers"][
         "x-claude-code-session-id"]
     assert rec.header("user-agent") == sample["headers"]["user-agent"]
+
+
+def test_relocate_moves_the_client_system_prompt_into_the_first_user_turn() -> None:
+    """relocate=True leaves only the identity in system; the client's prompt leads turn one."""
+    import json
+
+    from ccrotate._wire import CLAUDE_CODE_IDENTITY, inject_identity
+
+    body = json.dumps({"model": "m", "max_tokens": 5,
+                       "system": [{"type": "text", "text": "x-anthropic-billing-header: v=1"},
+                                  {"type": "text", "text": "You are Aider.",
+                                   "cache_control": {"type": "ephemeral"}}],
+                       "messages": [{"role": "user", "content": "hi"},
+                                    {"role": "assistant", "content": "yo"}]}).encode()
+    out = json.loads(inject_identity(body, relocate=True))
+    assert out["system"] == [{"type": "text", "text": "x-anthropic-billing-header: v=1"},
+                             {"type": "text", "text": CLAUDE_CODE_IDENTITY}]
+    assert out["messages"][0]["content"] == [
+        {"type": "text", "text": "You are Aider.", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "hi"}]
+    assert out["messages"][1] == {"role": "assistant", "content": "yo"}
+    # Without relocation the prompt stays in system, after the identity.
+    kept = json.loads(inject_identity(body))
+    assert [b["text"] for b in kept["system"]][1:] == [CLAUDE_CODE_IDENTITY, "You are Aider."]
+
+
+def test_relocate_without_a_user_first_turn_keeps_the_system_prompt() -> None:
+    """No user turn to carry it: the prompt stays in system rather than being lost."""
+    import json
+
+    from ccrotate._wire import inject_identity
+
+    body = json.dumps({"model": "m", "max_tokens": 5, "system": "Be terse.",
+                       "messages": [{"role": "assistant", "content": "yo"}]}).encode()
+    out = json.loads(inject_identity(body, relocate=True))
+    assert [b["text"] for b in out["system"]][-1] == "Be terse."
+
+
+def test_relocate_system_through_the_proxy_satisfies_the_identity_rule(
+        serve_proxy: Any) -> None:
+    """relocate_system=True: the OAuth request is accepted and carries the prompt in turn one."""
+    stack: Stack = serve_proxy(relocate_system=True)
+    r = post(stack, json.dumps(body(system="Be terse.")).encode(), {"x-account-name": "b"})
+    assert r.status_code == 200, r.text
+    sent = stack.fake.last_request.json
+    assert [b["text"] for b in sent["system"]] == [IDENTITY]
+    assert sent["messages"][0]["content"][0] == {"type": "text", "text": "Be terse."}

@@ -64,13 +64,16 @@ class Attempt:
     identity: str | None
     """The identity line to ensure for OAuth accounts, ``None`` to leave the body alone."""
     context: SelectionContext
+    relocate_system: bool = False
+    """With ``identity``: move the client's system prompt into the first user turn."""
     _oauth_body: bytes | None = field(default=None, repr=False)
 
     def body_for(self, account: Account) -> bytes | None:
         if account.kind is not AccountKind.OAUTH or self.identity is None or self.body is None:
             return self.body
         if self._oauth_body is None:
-            self._oauth_body = inject_identity(self.body, self.identity)
+            self._oauth_body = inject_identity(self.body, self.identity,
+                                               relocate=self.relocate_system)
         return self._oauth_body
 
     def headers_for(self, account: Account) -> list[tuple[str, str]]:

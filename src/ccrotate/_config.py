@@ -228,6 +228,8 @@ FIELDS: tuple[FieldSpec, ...] = (
           "Seconds an account rests after a 429 that says nothing about when to retry."),
     _spec("inject_identity", "CCROTATE_INJECT_IDENTITY", "rotation.inject_identity", _bool,
           "Prepend Claude Code's identity system block for OAuth accounts."),
+    _spec("relocate_system", "CCROTATE_RELOCATE_SYSTEM", "rotation.relocate_system", _bool,
+          "With identity injection, move the client's system prompt into the first user turn."),
     _spec("auth_tokens", "CCROTATE_AUTH_TOKEN", "security.auth_tokens security.auth_token",
           _tokens, "Bearer tokens clients must present; empty: no client auth.", secret=True),
     _spec("admin_token", "CCROTATE_ADMIN_TOKEN", "security.admin_token",
@@ -295,6 +297,7 @@ class Settings:
     max_attempts: int = 4
     default_cooldown: float = 60.0
     inject_identity: bool = True
+    relocate_system: bool = False
     auth_tokens: tuple[str, ...] = ()
     admin_token: str | None = None
     max_body_size: int = 32 * 1024 * 1024

@@ -41,7 +41,8 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[str,
     so the proxy can merge or act on them.
     """
     items = list(raw)
-    drop = _REQUEST_DROP | _connection_named(items)
+    named = _connection_named(items)
+    drop = _REQUEST_DROP | named if named else _REQUEST_DROP  # no set union per request
     out: list[tuple[str, str]] = []
     betas: list[str] = []
     pinned: str | None = None
@@ -72,6 +73,13 @@ def merge_beta(client: str | None, extra: str) -> str:
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Filter upstream response headers for the client (lower-case names for ASGI)."""
-    items = [(k.lower(), v) for k, v in raw]
-    drop = _RESPONSE_DROP | _connection_named(items)
-    return [(k, v) for k, v in items if k not in drop]
+    # One pass on the hot path; the rare Connection-named headers get a second one.
+    out: list[tuple[bytes, bytes]] = []
+    named: frozenset[bytes] = frozenset()
+    for key, value in raw:
+        key = key.lower()
+        if key not in _RESPONSE_DROP:
+            out.append((key, value))
+        elif key == b"connection":
+            named |= _connection_named(((key, value),))
+    return [(k, v) for k, v in out if k not in named] if named else out

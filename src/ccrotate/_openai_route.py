@@ -95,7 +95,8 @@ class OpenAIRoute:
         # ``user`` became metadata.user_id: the same session key as on /v1/messages.
         user = peek.metadata.user_id if peek.metadata is not None else None
         attempt = Attempt("POST", "/v1/messages", fwd, None, req.body, pinned, identity,
-                          SelectionContext(model=req.model, session_key=user))
+                          SelectionContext(model=req.model, session_key=user),
+                          relocate_system=proxy.config.relocate_system)
 
         async def relay(send: Send, outcome: Won | Failed, record: RequestRecord,
                         t0: float) -> None:

@@ -74,6 +74,9 @@ class ProxyConfig:
         inject_identity: prepend Claude Code's identity system block for OAuth accounts
             when the request lacks one (the API refuses OAuth tokens without it).
         identity: the identity line to prepend.
+        relocate_system: when injecting the identity, move the client's own system
+            prompt into the first user turn (a workaround for subscription tokens that
+            refuse long third-party system prompts with "out of extra usage").
         max_body_size: largest request body accepted (413 beyond).
         timeouts: upstream connect/read timeouts and pool size.
         backoff_base, backoff_cap: pause before the next account after a 5xx/529.
@@ -83,6 +86,7 @@ class ProxyConfig:
     max_attempts: int = 4
     inject_identity: bool = True
     identity: str = CLAUDE_CODE_IDENTITY
+    relocate_system: bool = False
     max_body_size: int = 32 * 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)
     backoff_base: float = 0.05
@@ -222,7 +226,7 @@ class RotatingProxy:
         query = scope.get("query_string", b"")
         path = api_path(scope) + ("?" + query.decode("latin-1") if query else "")
         attempt = Attempt(scope["method"], path, fwd, beta, body or None, pinned, identity,
-                          context)
+                          context, relocate_system=self.config.relocate_system)
         await self.serve(attempt, receive, send, record, t0, relay=self._relay)
 
     async def serve(self, attempt: Attempt, receive: Receive, send: Send,

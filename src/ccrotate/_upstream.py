@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Timeouts", "Upstream", "UpstreamResponse"]
 
+_NO_AGENT = ("User-Agent",)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
@@ -87,14 +89,19 @@ class UpstreamResponse:
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         """The whole (raw) body. Raises :class:`UpstreamProtocolError` past ``limit`` bytes."""
+        # The same loop as chunks(), minus an async generator per response.
+        content = self._resp.content
         parts: list[bytes] = []
         size = 0
-        async for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamProtocolError("upstream body larger than the proxy accepts")
-            parts.append(chunk)
-        return b"".join(parts)
+        try:
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamProtocolError("upstream body larger than the proxy accepts")
+                parts.append(chunk)
+        except _errors() as exc:
+            raise _map(exc) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Raw body chunks as they arrive (no decompression, no re-chunking)."""
@@ -147,8 +154,8 @@ class Upstream:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect,
                                               sock_read=t.read),
                 auto_decompress=False,
-                # The client's own User-Agent is forwarded; never add aiohttp's.
-                skip_auto_headers=("User-Agent",),
+                # No session-wide skip_auto_headers: it copies the headers on every
+                # request. send() asks for it only when the client sent no User-Agent.
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
 
@@ -172,10 +179,12 @@ class Upstream:
         if self._session is None or self._session.closed:
             await self.start()
         assert self._session is not None
+        # The client's own User-Agent is forwarded; aiohttp's is never added.
+        skip = None if any(k.lower() == "user-agent" for k, _ in headers) else _NO_AGENT
         try:
             resp = await self._session.request(
                 method, self.base_url + path, headers=headers, data=body,
-                allow_redirects=False, compress=None)
+                allow_redirects=False, compress=None, skip_auto_headers=skip)
         except _errors() as exc:
             raise _map(exc) from None
         return UpstreamResponse(resp)

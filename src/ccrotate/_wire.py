@@ -140,25 +140,51 @@ def needs_identity(system_raw: msgspec.Raw | None) -> bool:
     return first is None or first.strip() not in IDENTITY_LINES
 
 
-def inject_identity(body: bytes, identity: str = CLAUDE_CODE_IDENTITY) -> bytes:
-    """Put ``identity`` first among the real system blocks, keeping the client's after it."""
+def inject_identity(body: bytes, identity: str = CLAUDE_CODE_IDENTITY, *,
+                    relocate: bool = False) -> bytes:
+    """Put ``identity`` first among the real system blocks, keeping the client's after it.
+
+    With ``relocate``, the client's own system blocks move to the start of the first
+    user turn instead, and ``system`` holds only the identity: subscription tokens
+    answer a long third-party system prompt with a 400 ("out of extra usage").
+    """
     doc = _raw_object_decoder.decode(body)
     raw = doc.get("system")
     system: Any = msgspec.json.decode(raw) if raw is not None else None
     ident = {"type": "text", "text": identity}
     if system is None or system == "" or system == []:
-        blocks: list[Any] = [ident]
+        blocks: list[Any] = []
     elif isinstance(system, str):
-        blocks = [ident, {"type": "text", "text": system}]
+        blocks = [{"type": "text", "text": system}]
     else:
         blocks = list(system)
-        at = 0
-        while at < len(blocks) and isinstance(blocks[at], dict) and str(
-                blocks[at].get("text", "")).startswith(_BILLING_PREFIX):
-            at += 1
-        blocks.insert(at, ident)
+    at = 0
+    while at < len(blocks) and isinstance(blocks[at], dict) and str(
+            blocks[at].get("text", "")).startswith(_BILLING_PREFIX):
+        at += 1
+    if relocate and blocks[at:] and _prepend_to_first_user_turn(doc, blocks[at:]):
+        blocks = blocks[:at]
+    blocks.insert(at, ident)
     doc["system"] = msgspec.Raw(_encoder.encode(blocks))
     return _encoder.encode(doc)
+
+
+def _prepend_to_first_user_turn(doc: dict[str, msgspec.Raw], blocks: list[Any]) -> bool:
+    raw = doc.get("messages")
+    messages: Any = msgspec.json.decode(raw) if raw is not None else None
+    if not isinstance(messages, list) or not messages:
+        return False
+    first = messages[0]
+    if not isinstance(first, dict) or first.get("role") != "user":
+        return False
+    content = first.get("content")
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        return False
+    first["content"] = [*blocks, *content]
+    doc["messages"] = msgspec.Raw(_encoder.encode(messages))
+    return True
 
 
 # -- SSE scanning ------------------------------------------------------------------------------
