@@ -4,12 +4,14 @@ log) on a loopback socket bound before uvicorn starts, printing ``PORT <n>`` whe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 
-def main(configure: Callable[[str], object], argv: list[str] | None = None) -> None:
+def main(configure: Callable[[str], Any], argv: list[str] | None = None) -> None:
     """Parse ``--upstream URL [--port N]``, build the app with ``configure(url)``, serve it."""
     import uvicorn
 
@@ -25,7 +27,7 @@ def main(configure: Callable[[str], object], argv: list[str] | None = None) -> N
     sock.listen(4096)
     config = uvicorn.Config(app, http="httptools", loop="uvloop", lifespan="on",
                             access_log=False, log_level="warning", backlog=4096,
-                            timeout_keep_alive=60)
+                            timeout_keep_alive=60, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     original_startup = server.startup
 
@@ -34,9 +36,7 @@ def main(configure: Callable[[str], object], argv: list[str] | None = None) -> N
         print(f"PORT {sock.getsockname()[1]}", flush=True)
 
     server.startup = startup  # type: ignore[method-assign]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
     # Skip interpreter teardown: the harness only needs the process gone.
     os._exit(0)

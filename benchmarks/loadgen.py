@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ async def closed(spec: dict[str, Any]) -> dict[str, Any]:
     clients = await asyncio.gather(*(connect(spec["host"], spec["port"])
                                      for _ in range(spec["concurrency"])))
     loop_start = time.perf_counter()
-    measure_from = loop_start + spec.get("warmup", 0.3)
+    measure_from = loop_start + spec.get("warmup", 0.3) + spec.get("stagger", 0)
     until = measure_from + spec.get("duration", 3.0)
     limit = spec.get("requests", 10**9)
     samples: list[Sample] = []
@@ -198,6 +199,10 @@ async def closed(spec: dict[str, Any]) -> dict[str, Any]:
 
     async def worker(client: Client) -> None:
         nonlocal sent
+        # Streams of equal length started together stay in phase, and a proxy then sees
+        # every stream's event at the same instant: a burst no real traffic makes.
+        if spec.get("stagger"):
+            await asyncio.sleep(random.uniform(0, spec["stagger"]))
         while True:
             now = time.perf_counter()
             if now >= until or len(samples) >= limit:

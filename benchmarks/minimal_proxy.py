@@ -20,11 +20,12 @@ session: aiohttp.ClientSession | None = None
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     global session
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                            auto_decompress=False)
-            await send({"type": "lifespan.startup.complete"})
-        await session.close()  # type: ignore[union-attr]
+        await receive()  # lifespan.startup
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                        auto_decompress=False)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await session.close()
         return await send({"type": "lifespan.shutdown.complete"})
     body, more = b"", True
     while more:

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _procs import LoadGen, Proc  # noqa: E402
 from report import evaluate, render  # noqa: E402
 from server import KEYS  # noqa: E402
 
@@ -38,119 +40,21 @@ TARGETS = ("direct", "minimal", "ccrotate")
 PATHS = {"direct": "/v1/messages", "minimal": "/v1/messages", "ccrotate": "/api/v1/messages"}
 
 
-class Proc:
-    """A child process that prints ``PORT <n>`` (or any first line) when ready."""
-
-    def __init__(self, name: str, cmd: list[str], cpu: int | None,
-                 stdin: bool = False) -> None:
-        self.name = name
-        if cpu is not None:
-            cmd = ["taskset", "-c", str(cpu), *cmd]
-        self.popen = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            text=True, bufsize=1, cwd=HERE.parent)
-        self.port = 0
-
-    def wait_port(self, timeout: float = 30.0) -> int:
-        assert self.popen.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.popen.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{self.name} exited before listening")
-            if line.startswith("PORT "):
-                self.port = int(line.split()[1])
-                return self.port
-        raise RuntimeError(f"{self.name} did not start in {timeout} s")
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def rss_kb(self) -> int:
-        """Resident set size from /proc (kB)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-class LoadGen:
-    """The load-generator worker: one JSON spec per line in, one result per line out."""
-
-    def __init__(self, cpu: int | None) -> None:
-        self.proc = Proc("loadgen", [sys.executable, str(HERE / "loadgen.py")], cpu, stdin=True)
-
-    def _send(self, spec: dict[str, Any]) -> None:
-        stdin = self.proc.popen.stdin
-        assert stdin is not None
-        stdin.write(json.dumps(spec) + "\n")
-        stdin.flush()
-
-    def _line(self) -> str:
-        stdout = self.proc.popen.stdout
-        assert stdout is not None
-        line = stdout.readline()
-        if not line:
-            raise RuntimeError("load generator exited")
-        return line
-
-    def run(self, spec: dict[str, Any]) -> dict[str, Any]:
-        self._send(spec)
-        line = self._line()
-        if not line.startswith("RESULT "):
-            raise RuntimeError(f"load generator: {line!r}")
-        return json.loads(line[7:])  # type: ignore[no-any-return]
-
-    @contextlib.contextmanager
-    def hold(self, spec: dict[str, Any]) -> Iterator[int]:
-        """Open the streams of a ``hold`` spec; yields how many opened, closes them after."""
-        self._send(spec)
-        line = self._line()
-        if not line.startswith("OPEN "):
-            raise RuntimeError(f"load generator: {line!r}")
-        try:
-            yield int(line.split()[1])
-        finally:
-            stdin = self.proc.popen.stdin
-            assert stdin is not None
-            stdin.write("close\n")
-            stdin.flush()
-            self._line()
-
-    def stop(self) -> None:
-        stdin = self.proc.popen.stdin
-        if stdin is not None:
-            with contextlib.suppress(OSError):
-                stdin.close()
-        self.proc.stop()
-
-
 # -- scenarios ---------------------------------------------------------------------------------
 
 def plan(smoke: bool) -> dict[str, Any]:
     """Durations and counts: the real run stays under ~5 minutes, the smoke run seconds."""
     if smoke:
-        return {"warmup": 0.05, "duration": 0.15, "slow_duration": 0.2, "tput": 0.3,
-                "stream_duration": 0.3, "failover_samples": 5, "hold": (10, 20),
-                "translator_n": 200, "concurrency": (1, 16, 64), "stream_c": 4}
-    return {"warmup": 0.5, "duration": 3.0, "slow_duration": 4.0, "tput": 5.0,
-            "stream_duration": 4.0, "failover_samples": 300, "hold": (100, 1000),
-            "translator_n": 20_000, "concurrency": (1, 16, 64), "stream_c": 16}
+        return {"rounds": 1, "warmup": 0.02, "duration": 0.08, "slow_duration": 0.1,
+                "tput": 0.15, "large_duration": 0.05, "stream_duration": 0.15,
+                "stream_events": 2, "failover_samples": 3, "failover_warmup": 1,
+                "hold": (5, 10), "mem_warmup": 0.05, "settle": 0.02, "translator_n": 100,
+                "concurrency": (1, 16, 64), "stream_c": 4}
+    return {"rounds": 3, "warmup": 0.3, "duration": 1.0, "slow_duration": 1.7, "tput": 1.5,
+            "large_duration": 0.7, "stream_duration": 1.3, "stream_events": 20,
+            "failover_samples": 300, "failover_warmup": 20, "hold": (100, 1000),
+            "mem_warmup": 0.3, "settle": 0.3, "translator_n": 20_000,
+            "concurrency": (1, 16, 64), "stream_c": 16}
 
 
 def base(port: int, target: str) -> dict[str, Any]:
@@ -172,17 +76,42 @@ def procs_port(procs: dict[str, Proc], target: str) -> int:
     return procs["upstream" if target == "direct" else target].port
 
 
+def merge(results: list[Any]) -> Any:
+    """The median of each number across rounds, keeping the shape of one result."""
+    if all(isinstance(r, dict) for r in results):
+        keys = dict.fromkeys(k for r in results for k in r)
+        return {k: merge([r[k] for r in results if k in r]) for k in keys}
+    numbers = [r for r in results if isinstance(r, int | float) and not isinstance(r, bool)]
+    if numbers and len(numbers) == len(results):
+        return statistics.median(numbers)
+    return results[0] if results else None
+
+
+def compare(lg: LoadGen, procs: dict[str, Proc], spec: dict[str, Any],
+            rounds: int) -> dict[str, Any]:
+    """Run ``spec`` against the three targets in interleaved rounds; medians per target.
+
+    Interleaving exposes every target alike to whatever else the machine is doing, and
+    the median of rounds drops a round that such a neighbour spoiled.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+    for _ in range(rounds):
+        for target in TARGETS:
+            runs[target].append(measure(lg, procs, target, spec))
+    return {t: {**merge(r), "rounds": len(r)} for t, r in runs.items()}
+
+
 def latency(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for delay in (0, 20):
         for c in p["concurrency"]:
             key = f"delay{delay}_c{c}"
-            out[key] = {}
-            for target in TARGETS:
-                spec = {"kind": "closed", "concurrency": c, "warmup": p["warmup"],
-                        "duration": p["slow_duration"] if delay else p["duration"],
-                        "headers": {"x-bench-delay-ms": str(delay)}}
-                out[key][target] = measure(lg, procs, target, spec)
+            # Clients start spread over one upstream delay, so that they are not in
+            # lockstep (a 1 ms timer granularity would keep them so for the whole run).
+            spec = {"kind": "closed", "concurrency": c, "warmup": p["warmup"],
+                    "duration": p["slow_duration"] if delay else p["duration"],
+                    "headers": {"x-bench-delay-ms": str(delay)}, "stagger": delay / 1000}
+            out[key] = compare(lg, procs, spec, p["rounds"])
             log(f"latency {key}: " + "  ".join(
                 f"{t} p50 {out[key][t]['latency']['p50']:.3f} p99 "
                 f"{out[key][t]['latency']['p99']:.3f} ms" for t in TARGETS))
@@ -190,43 +119,45 @@ def latency(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any]) -> dict[str,
 
 
 def throughput(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    spec = {"kind": "closed", "concurrency": 64, "warmup": p["warmup"], "duration": p["tput"]}
+    out = compare(lg, procs, spec, p["rounds"])
+    # Claude-Code-sized bodies (115 KB): the cost of peeking and forwarding a big request.
+    spec = {"kind": "closed", "concurrency": 1, "warmup": p["warmup"],
+            "duration": p["large_duration"], "body": "large"}
+    large = compare(lg, procs, spec, p["rounds"])
     for target in TARGETS:
-        spec = {"kind": "closed", "concurrency": 64, "warmup": p["warmup"],
-                "duration": p["tput"]}
-        out[target] = measure(lg, procs, target, spec)
-        # Large (Claude-Code-sized) bodies: the cost of peeking a 115 KB request.
-        spec = {"kind": "closed", "concurrency": 1, "warmup": p["warmup"],
-                "duration": p["duration"], "body": "large"}
-        out[target]["large_c1"] = measure(lg, procs, target, spec)
+        out[target]["large_c1"] = large[target]
     log("throughput: " + "  ".join(f"{t} {out[t]['rps']:.0f}/s" for t in TARGETS))
     return out
 
 
 def streams(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    headers = {"x-bench-delay-ms": "0", "x-bench-gap-ms": "10", "x-bench-events": "20"}
+    headers = {"x-bench-delay-ms": "0", "x-bench-gap-ms": "10",
+               "x-bench-events": str(p["stream_events"])}
+    # Stagger by one stream's length (6 framing events + deltas, 10 ms apart).
+    stagger = (p["stream_events"] + 6) * 0.01
     for c in (1, p["stream_c"]):
-        out[f"c{c}"] = {}
-        for target in TARGETS:
-            spec = {"kind": "closed", "concurrency": c, "warmup": p["warmup"],
-                    "duration": p["stream_duration"], "stream": True, "headers": headers}
-            out[f"c{c}"][target] = measure(lg, procs, target, spec)
+        spec = {"kind": "closed", "concurrency": c, "warmup": p["warmup"],
+                "duration": p["stream_duration"], "stream": True, "headers": headers,
+                "stagger": stagger if c > 1 else 0}
+        out[f"c{c}"] = fig = compare(lg, procs, spec, p["rounds"])
         log(f"streams c{c}: " + "  ".join(
-            f"{t} ttfb p50 {out[f'c{c}'][t]['ttfb']['p50']:.3f} gap-err p99 "
-            f"{out[f'c{c}'][t]['gap_error']['p99']:.3f} ms" for t in TARGETS))
+            f"{t} ttfb p50 {fig[t]['ttfb']['p50']:.3f} gap-err p99 "
+            f"{fig[t]['gap_error']['p99']:.3f} ms" for t in TARGETS))
     return out
 
 
 def failover(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any]) -> dict[str, Any]:
     n = p["failover_samples"]
+    w = p["failover_warmup"]
     direct = lg.run({**base(procs["upstream"].port, "direct"), "kind": "sequence",
-                     "samples": n, "variants": [
+                     "samples": n, "warmup_samples": w, "variants": [
                          {"name": "ok"},
                          {"name": "rate_limited", "headers": {"x-bench-429": "bench-client-key"}},
                      ]})
     proxied = lg.run({**base(procs["ccrotate"].port, "ccrotate"), "kind": "sequence",
-                      "samples": n, "reset": "/bench/reset", "variants": [
+                      "samples": n, "warmup_samples": w, "reset": "/bench/reset", "variants": [
                           {"name": "k0"},
                           {"name": "k1", "headers": {"x-bench-429": KEYS[0]}},
                           {"name": "k2", "headers": {"x-bench-429": ",".join(KEYS[:2])}},
@@ -245,17 +176,23 @@ def memory(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any],
     for target in ("minimal", "ccrotate"):
         proc = procs[target]
         out[target] = {"idle_kb": idle[target]}
+        # Warm up: first-request imports and lazily built objects are not per stream.
+        lg.run({**base(proc.port, target), "kind": "closed", "concurrency": 8,
+                "warmup": 0, "duration": p["mem_warmup"]})
+        lg.run({**base(proc.port, target), "kind": "closed", "concurrency": 8, "warmup": 0,
+                "duration": p["mem_warmup"], "stream": True, "headers": {"x-bench-events": "5"}})
+        out[target]["warm_kb"] = proc.rss_kb()
         for n in p["hold"]:
             before = proc.rss_kb()
             spec = {**base(proc.port, target), "kind": "hold", "streams": n,
                     "headers": headers, "timeout": 60}
             with lg.hold(spec) as opened:
-                time.sleep(0.3)  # let the last sends settle
+                time.sleep(p["settle"])  # let the last sends settle
                 during = proc.rss_kb()
             out[target][f"streams{n}"] = {
                 "opened": opened, "before_kb": before, "during_kb": during,
                 "per_stream_kb": (during - before) / opened if opened else None}
-            time.sleep(0.3)
+            time.sleep(p["settle"])
         out[target]["after_kb"] = proc.rss_kb()
     log("memory: " + "  ".join(
         f"{t} idle {out[t]['idle_kb'] / 1024:.1f} MB, per stream "
@@ -274,8 +211,11 @@ def translator(p: dict[str, Any]) -> dict[str, Any]:
 
 # -- orchestration -----------------------------------------------------------------------------
 
+_T0 = time.monotonic()
+
+
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def meta(pin: bool) -> dict[str, Any]:
@@ -289,7 +229,11 @@ def meta(pin: bool) -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    # Optional extras change what the reference server does per request (metrics).
+    extras = {name: importlib.util.find_spec(name) is not None
+              for name in ("prometheus_client", "duckdb", "uvloop", "httptools")}
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
+            "extras": extras,
             "cpu_model": model, "python": platform.python_version(),
             "platform": platform.platform(), "pinned": pin,
             "versions": {"aiohttp": aiohttp.__version__, "uvicorn": uvicorn.__version__,
@@ -303,12 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--only", help="comma list of: latency,throughput,streams,failover,"
                                        "memory,translator")
+    parser.add_argument("--ccrotate-path", help="import ccrotate from this directory in the "
+                        "server (to compare a before/after tree of the same harness)")
     args = parser.parse_args(argv)
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2 and _has_taskset()
     proxy_cpu, side_cpu = (1, 0) if pin else (None, None)
     p = plan(args.smoke)
     only = set(args.only.split(",")) if args.only else None
     started = time.monotonic()
+    info = {**meta(pin), "smoke": args.smoke, "ccrotate_path": args.ccrotate_path}
 
     procs: dict[str, Proc] = {}
     lg: LoadGen | None = None
@@ -319,16 +266,22 @@ def main(argv: list[str] | None = None) -> int:
         procs["minimal"] = Proc("minimal", [py, str(HERE / "minimal_proxy.py"), "--upstream",
                                             url], proxy_cpu)
         procs["ccrotate"] = Proc("ccrotate", [py, str(HERE / "server.py"), "--upstream", url],
-                                 proxy_cpu)
+                                 proxy_cpu, env={"PYTHONPATH": args.ccrotate_path}
+                                 if args.ccrotate_path else None)
         procs["minimal"].wait_port()
         procs["ccrotate"].wait_port()
         idle = {t: procs[t].rss_kb() for t in ("minimal", "ccrotate")}
+        log(f"servers up (upstream, minimal, ccrotate: {url}); pinned={pin}")
         lg = LoadGen(side_cpu)
         figures: dict[str, Any] = {}
 
         def want(name: str) -> bool:
             return only is None or name in only
 
+        # Memory first, after a short warm-up: later scenarios would leave freed memory
+        # behind that the streams then reuse, flattering the per-stream figure.
+        if want("memory"):
+            figures["memory"] = memory(lg, procs, p, idle)
         if want("latency"):
             figures["latency"] = latency(lg, procs, p)
         if want("throughput"):
@@ -337,19 +290,16 @@ def main(argv: list[str] | None = None) -> int:
             figures["streams"] = streams(lg, procs, p)
         if want("failover"):
             figures["failover"] = failover(lg, procs, p)
-        if want("memory"):
-            figures["memory"] = memory(lg, procs, p, idle)
         if want("translator"):
             figures["translator"] = translator(p)
     finally:
         if lg is not None:
             lg.stop()
-        for proc in procs.values():
+        for proc in reversed(procs.values()):  # the upstream last: proxies stop quietly
             proc.stop()
 
-    result = {"meta": {**meta(pin), "smoke": args.smoke,
-                       "seconds": round(time.monotonic() - started, 1)},
-              "figures": figures}
+    info = {**info, "seconds": round(time.monotonic() - started, 1)}
+    result: dict[str, Any] = {"meta": info, "figures": figures}
     result["goals"] = evaluate(figures)
     out = args.out or HERE.parent / "bench-results" / time.strftime("%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -260,10 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         runner: Callable[..., object] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is part of the server extra
         runner = asyncio.run
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         runner(serve(args.host, args.port, ready))
-    except KeyboardInterrupt:
-        pass
     sys.stdout.flush()
     os._exit(0)
 

@@ -233,3 +233,33 @@ def test_sdk_style_keys_never_become_labels(served: tuple[Stack, PrometheusMetri
     text = prometheus_client.generate_latest(metrics.registry).decode()
     for secret in (KEY_A, TOKEN_B, KEY_C):
         assert secret not in text
+
+
+async def test_token_refreshes_reach_the_metrics(tmp_path: Any) -> None:
+    """The reference server wires the refresher to the metrics: outcomes are counted."""
+    import json
+
+    from ccrotate import AccountsFile, InvalidGrant
+    from ccrotate.testing import FakeUpstream, serve_app
+
+    fake = FakeUpstream()
+    good, dead = fake.oauth.issue(), fake.oauth.issue()
+    path = tmp_path / "accounts.json"
+    soon = int(time.time() * 1000) + 3_600_000
+    path.write_text(json.dumps({"version": 1, "accounts": {
+        "ok": {"accessToken": good.access_token, "refreshToken": good.refresh_token,
+               "expiresAt": soon},
+        "gone": {"accessToken": dead.access_token, "refreshToken": "sk-ant-ort01-unknown",
+                 "expiresAt": soon}}}))
+    with serve_app(fake) as upstream:
+        settings = Settings(accounts_path=path, upstream_url=upstream.url,
+                            oauth_token_url=upstream.url + "/v1/oauth/token", hot_reload=False)
+        c = build_components(settings, accounts_file=AccountsFile(path))
+        create_app(components=c)
+        metrics: PrometheusMetrics = c.extras["metrics"]
+        await c.extras["refresher"].refresh("ok")
+        with pytest.raises(InvalidGrant):
+            await c.extras["refresher"].refresh("gone")
+    assert sample(metrics, "ccrotate_token_refreshes_total", account="ok", outcome="success") == 1
+    assert sample(metrics, "ccrotate_token_refreshes_total", account="gone",
+                  outcome="invalid_grant") == 1

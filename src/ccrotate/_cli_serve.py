@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import logging
 import sys
@@ -60,6 +61,10 @@ def run_server(settings: Settings) -> None:
     pool = app.state.ccrotate.pool
     log.info("ccrotate: %d account(s) from %s; clients use ANTHROPIC_BASE_URL=http://%s:%d/api",
              len(pool), app.state.ccrotate.accounts_file or "code", settings.host, settings.port)
+    # Everything built so far lives for the whole process: keep the collector from
+    # re-scanning it on every full collection (measurably shorter GC pauses under load).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 **uvicorn_options())
 

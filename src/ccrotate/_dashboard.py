@@ -124,6 +124,9 @@ def install_observability(c: Components) -> None:
     else:
         c.observers.append(metrics)
         c.extras["metrics"] = metrics
+        refresher = c.extras.get("refresher")
+        if refresher is not None and hasattr(refresher, "listeners"):
+            refresher.listeners.append(metrics.record_refresh)
         routes.append(Route("/metrics", ReadGuard(metrics.app, authorize=authorize),
                             methods=["GET", "HEAD"]))
     c.routes.extend(routes)

@@ -408,7 +408,7 @@ class AccountPool:
             return NoAccountAvailable(f"account {name!r} is rate-limited for {wait:.0f}s more",
                                       retry_after=wait)
         if rt.state is AccountState.AUTH_ERROR:
-            return NoAccountAvailable(f"account {name!r} needs a new login ({rt.last_error})")
+            return NoAccountAvailable(f"account {name!r} needs a new login")
         return NoAccountAvailable(f"account {name!r} is disabled")
 
     def _unavailable_all(self, now: float, exclude: Collection[str]) -> NoAccountAvailable:

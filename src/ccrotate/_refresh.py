@@ -112,6 +112,8 @@ class TokenRefresher:
         self._tg: anyio.abc.TaskGroup | None = None
         self.refreshes = 0
         """Token requests that succeeded (adoptions from the file are not counted)."""
+        self.listeners: list[Callable[[str, str], None]] = []
+        """Told ``(account, outcome)`` after each refresh: success, invalid_grant, failure."""
 
     def __repr__(self) -> str:
         return f"<TokenRefresher accounts_file={self.accounts_file!r}>"
@@ -333,11 +335,13 @@ class TokenRefresher:
                     # Shielded: once the token request is out, its answer must be saved.
                     account = await self._renew_once(name, seen=seen, reason=reason)
                     self._failing.pop(name, None)
+                    self._tell(name, "success")
                     return account
             except InvalidGrant as exc:
                 self._failing.pop(name, None)
                 log.error("%s", exc)
                 self.pool.report_auth_error(name, _reason(exc))
+                self._tell(name, "invalid_grant")
                 raise
             except TransientRefreshError as exc:
                 last = exc
@@ -352,7 +356,15 @@ class TokenRefresher:
         if isinstance(last, TransientRefreshError):
             message = f"token refresh failed after {self._attempts} attempts: {message}"
         self._note_failure(name, message)
+        self._tell(name, "failure")
         raise RefreshError(name, message)
+
+    def _tell(self, name: str, outcome: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(name, outcome)
+            except Exception:  # a broken metrics hook must not break token refresh
+                log.exception("refresh listener %r failed", listener)
 
     def _note_failure(self, name: str, message: str) -> None:
         # Visible on the account, and the next try backs off (the loop honours retry_at).

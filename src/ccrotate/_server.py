@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
 
 from ccrotate._accounts_file import AccountsFile, discover_accounts_file
 from ccrotate._auth import ClientAuth
@@ -27,7 +28,7 @@ from ccrotate._health import health_endpoint
 from ccrotate._observe import Observer
 from ccrotate._openai_route import OpenAIRoute
 from ccrotate._pool import AccountPool
-from ccrotate._proxy import ProxyConfig, RotatingProxy
+from ccrotate._proxy import ProxyConfig, RotatingProxy, RotationMiddleware
 from ccrotate._refresh import TokenRefresher
 from ccrotate._reload import AccountsWatcher
 from ccrotate._status import StatusMount, status_app, status_auth
@@ -120,7 +121,6 @@ def create_app(settings: Settings | None = None, *, pool: AccountPool | None = N
     status = status_app(c.pool, refresher=c.extras.get("refresher") or c.proxy.refresher,
                         read_auth=read_auth, admin_auth=admin_auth, reload_error=reload_error)
     routes: list[BaseRoute] = [
-        Mount("/api", app=c.proxy),
         Route("/health", health_endpoint(c.pool), methods=["GET"]),
         StatusMount("/status", status),
         *c.routes,
@@ -128,10 +128,14 @@ def create_app(settings: Settings | None = None, *, pool: AccountPool | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with c.proxy, _ServiceGroup(c.services):
+        async with _ServiceGroup(c.services):
             yield
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # /api goes to the proxy before Starlette's router sees it (the middleware also opens
+    # and closes the proxy's connection pool around this lifespan): the hot path pays for
+    # one prefix check, not for route matching.
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(RotationMiddleware, proxy=c.proxy, prefix="/api")])
     app.state.ccrotate = c
     return app
 
