@@ -25,7 +25,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def types(session: nox.Session) -> None:
     """mypy --strict on the package, pyright strict on the public typing test."""
-    session.install("-e", ".[all]", "mypy>=1.15", "pyright>=1.1.400")
+    session.install("-e", ".[test]", "mypy>=1.15", "pyright>=1.1.400")
     session.run("mypy")
     session.run("pyright")
 
@@ -40,7 +40,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark suite: prints ratios against a direct connection, writes JSON."""
-    session.install("-e", ".[server]", "aiohttp")
+    session.install("-e", ".[server,metrics]")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
