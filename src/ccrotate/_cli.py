@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the proxy in front of a fake upstream with three "
                           "demo accounts, show rotation and failover, then keep serving")
-    demo.add_argument("--port", type=int, default=0, help="proxy port (default: a free one)")
+    demo.add_argument("--port", type=int, default=0,
+                      help="proxy port (default: 8080 if free, else any free one)")
     demo.add_argument("--exit", dest="exit_after", action="store_true",
                       help="exit after the guided tour instead of serving")
 

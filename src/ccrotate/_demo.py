@@ -87,6 +87,20 @@ def _tour(client: httpx.Client, fake: Any, pool: Any, out: TextIO) -> None:
             f" credential={st.credential_hint}{extra}")
 
 
+DEFAULT_PORT = 8080
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def _serve_on(app: Any, port: int) -> Iterator[str]:
     # serve_app picks a free port; a user who asked for one gets exactly that.
@@ -113,7 +127,10 @@ def _serve_on(app: Any, port: int) -> Iterator[str]:
 
 
 def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
-    """Run the demo; returns the exit status."""
+    """Run the demo; returns the exit status.
+
+    ``port=0`` serves on 8080 when it is free, else on any free port.
+    """
     from ccrotate._config import Settings
     from ccrotate._server import build_components, create_app
     from ccrotate.testing import FakeUpstream, serve_app
@@ -128,6 +145,8 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
                             credentials_path=folder / "none.json", port=port or 8080)
         components = build_components(settings)
         app = create_app(components=components)
+        if port == 0 and _port_free(DEFAULT_PORT):
+            port = DEFAULT_PORT  # the port the README and `ccrotate serve` use
         if port:
             base = stack.enter_context(_serve_on(app, port))
         else:
