@@ -32,6 +32,8 @@ __all__ = ["AccountPool", "AccountStatus", "MemoryStateStore", "PoolEvent", "Rel
            "StateStore"]
 
 _NO_CONTEXT = SelectionContext()
+QUOTA_REFRESH = 1.0
+"""Seconds between two parses of a successful response's rate-limit headers."""
 log = logging.getLogger("ccrotate.pool")
 
 
@@ -243,8 +245,18 @@ class AccountPool:
     # -- outcomes ----------------------------------------------------------------------------
 
     def report_success(self, name: str, headers: HeaderGetter | None = None) -> None:
-        """A request succeeded; remember the quota headers it carried."""
-        quota = parse_quota(headers, self._clock()) if headers is not None else None
+        """A request succeeded; remember the quota headers it carried.
+
+        Under load the headers of one success a second are enough for status and
+        metrics, so newer ones are parsed at most every ``QUOTA_REFRESH`` seconds.
+        """
+        if headers is None:
+            return
+        now = self._clock()
+        rt = self._store.get(name)
+        if rt is not None and rt.quota is not None and now - rt.quota.seen_at < QUOTA_REFRESH:
+            return
+        quota = parse_quota(headers, now)
         if quota is None:
             return
         with self._lock:
