@@ -134,7 +134,10 @@ class DevTools:
 
 @contextlib.asynccontextmanager
 async def chromium(binary: str) -> AsyncIterator[DevTools]:
-    with tempfile.TemporaryDirectory(prefix="ccrotate-chromium-") as profile:
+    # Chromium's helper processes may still be writing the profile as it is removed:
+    # a leftover temp file is no test failure.
+    with tempfile.TemporaryDirectory(prefix="ccrotate-chromium-",
+                                     ignore_cleanup_errors=True) as profile:
         proc = await anyio.open_process(
             [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
