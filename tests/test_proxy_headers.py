@@ -394,3 +394,15 @@ def test_relocate_system_through_the_proxy_satisfies_the_identity_rule(
     sent = stack.fake.last_request.json
     assert [b["text"] for b in sent["system"]] == [IDENTITY]
     assert sent["messages"][0]["content"][0] == {"type": "text", "text": "Be terse."}
+
+
+def test_the_oauth_beta_of_a_client_never_reaches_an_api_key_account(
+        proxy_server: Stack) -> None:
+    """An OAuth-logged-in client's beta is dropped for API keys; its other betas are kept."""
+    r = post(proxy_server, body(), {"x-account-name": "a",
+                                    "anthropic-beta": "oauth-2025-04-20,files-api-2025-04-14"})
+    assert r.status_code == 200
+    assert proxy_server.fake.last_request.betas == ["files-api-2025-04-14"]
+    r = post(proxy_server, body(), {"x-account-name": "a", "anthropic-beta": "oauth-2025-04-20"})
+    assert r.status_code == 200
+    assert proxy_server.fake.last_request.header("anthropic-beta") is None

@@ -9,6 +9,7 @@ hand on is closed here, on every path including cancellation.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -26,7 +27,7 @@ from ccrotate._exceptions import (
     UnknownAccount,
     UpstreamError,
 )
-from ccrotate._headers import OAUTH_BETA, merge_beta, response_headers
+from ccrotate._headers import OAUTH_BETA, merge_beta, response_headers, without_beta
 from ccrotate._observe import Failover, Observer, RequestRecord
 from ccrotate._pool import AccountPool
 from ccrotate._strategy import SelectionContext
@@ -34,6 +35,8 @@ from ccrotate._upstream import Upstream, UpstreamResponse
 from ccrotate._wire import STATUS_OF_ERROR, SSEScanner, error_body, inject_identity, parse_error
 
 __all__ = ["Attempt", "Failed", "Refresher", "Won", "run_attempts"]
+
+log = logging.getLogger("ccrotate.proxy")
 
 _JSON = [(b"content-type", b"application/json")]
 _SPEND_CAP = "enforced_spend_limit_reached"
@@ -83,8 +86,11 @@ class Attempt:
             out.append(("anthropic-beta", merge_beta(self.beta, OAUTH_BETA)))
         else:
             out.append(("x-api-key", account.credential.reveal()))
-            if self.beta:
-                out.append(("anthropic-beta", self.beta))
+            # A client logged in with OAuth (Claude Code) sends the OAuth beta; it means
+            # nothing to an API key and must not make the key look broken.
+            beta = without_beta(self.beta, OAUTH_BETA)
+            if beta:
+                out.append(("anthropic-beta", beta))
         # Identity keeps the bytes readable for usage accounting; the hop to
         # the client is local, where compression buys little.
         out.append(("accept-encoding", "identity"))
@@ -146,7 +152,8 @@ async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstrea
             try:
                 account = pool.acquire(again or attempt.pinned, exclude=tried,
                                        context=attempt.context)
-            except NoAccountAvailable:
+            except (NoAccountAvailable, UnknownAccount):
+                # The refreshed account may be cooling, or gone with a reload meanwhile.
                 if again is None or attempt.pinned is not None:
                     raise
                 account = pool.acquire(None, exclude=tried, context=attempt.context)
@@ -216,7 +223,11 @@ class _Headers:
 def _note(record: RequestRecord, observers: Sequence[Observer], failover: Failover) -> None:
     record.failovers.append(failover)
     for observer in observers:
-        observer.on_failover(record, failover)
+        # A broken metrics hook must not stop the failover or leave the account uncooled.
+        try:
+            observer.on_failover(record, failover)
+        except Exception:
+            log.exception("observer %r failed on a failover", observer)
 
 
 def _no_account(exc: NoAccountAvailable, last: Failed | None) -> Failed:
@@ -324,8 +335,12 @@ async def _peek_stream(account: Account, resp: UpstreamResponse,
         await resp.aclose()
         status = STATUS_OF_ERROR.get(type_, 500)
         reason = _classify(status) or "client_error"
-        return reason, Failed(status, response_headers(resp.raw_headers)
-                              if status == 429 else list(_JSON), error_body(type_, message))
+        # A 429 keeps the stream's rate-limit headers, but not its text/event-stream type.
+        headers = list(_JSON)
+        if status == 429:
+            headers += [(k, v) for k, v in response_headers(resp.raw_headers)
+                        if k != b"content-type"]
+        return reason, Failed(status, headers, error_body(type_, message))
     if not scanner.first_event_complete():
         await resp.aclose()
         return "connection", Failed.of(502, "api_error",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["OAUTH_BETA", "merge_beta", "request_headers", "response_headers"]
+__all__ = ["OAUTH_BETA", "merge_beta", "request_headers", "response_headers", "without_beta"]
 
 OAUTH_BETA = "oauth-2025-04-20"
 DEFAULT_VERSION = "2023-06-01"
@@ -69,6 +69,14 @@ def merge_beta(client: str | None, extra: str) -> str:
     if extra not in parts:
         parts.append(extra)
     return ",".join(parts)
+
+
+def without_beta(client: str | None, name: str) -> str | None:
+    """The client's beta list without ``name`` (``None`` when nothing is left)."""
+    if not client or name not in client:
+        return client
+    parts = [p.strip() for p in client.split(",") if p.strip() and p.strip() != name]
+    return ",".join(parts) or None
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

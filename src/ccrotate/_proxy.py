@@ -11,6 +11,7 @@ serves every request concurrently.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import time
@@ -50,6 +51,8 @@ from ccrotate._wire import (
 )
 
 __all__ = ["ProxyConfig", "RotatingProxy", "RotationMiddleware"]
+
+log = logging.getLogger("ccrotate.proxy")
 
 Authenticator = Callable[[Sequence[tuple[bytes, bytes]]], bool]
 
@@ -176,7 +179,11 @@ class RotatingProxy:
         finally:
             record.latency = time.perf_counter() - t0
             for observer in self.observers:
-                observer.on_request(record)
+                # One broken observer must not silence the others nor fail the request.
+                try:
+                    observer.on_request(record)
+                except Exception:
+                    log.exception("observer %r failed on a request record", observer)
 
     async def prepare(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord,
                       ) -> bytes | None:

@@ -156,8 +156,10 @@ def inject_identity(body: bytes, identity: str = CLAUDE_CODE_IDENTITY, *,
         blocks: list[Any] = []
     elif isinstance(system, str):
         blocks = [{"type": "text", "text": system}]
-    else:
+    elif isinstance(system, list):
         blocks = list(system)
+    else:
+        return body  # not a system prompt at all: the upstream's 400 says so
     at = 0
     while at < len(blocks) and isinstance(blocks[at], dict) and str(
             blocks[at].get("text", "")).startswith(_BILLING_PREFIX):
