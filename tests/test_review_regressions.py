@@ -161,3 +161,33 @@ async def test_a_system_of_the_wrong_type_reaches_the_upstream_not_a_crash(
     assert json.loads(call.body_out)["error"]["type"] == "invalid_request_error"
     [sent] = fake_upstream.requests_for(TOKEN_B)
     assert sent.json["system"] == system
+
+
+def test_an_overloaded_account_is_released_before_the_backoff_pause(serve_proxy: Any) -> None:
+    """During the pause after a 529 the failed account no longer counts as in flight."""
+    import threading
+    import time
+
+    import httpx
+
+    from ccrotate.testing import Overloaded
+
+    stack = serve_proxy(backoff_base=0.6, backoff_cap=0.6)
+    stack.fake.script(KEY_A, Overloaded())
+    result: list[int] = []
+
+    def ask() -> None:
+        r = httpx.post(stack.url + "/v1/messages", timeout=10, json={
+            "model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+        result.append(r.status_code)
+
+    worker = threading.Thread(target=ask)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not stack.fake.requests_for(KEY_A) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.1)  # the 529 is answered and the pause (0.3 to 0.6 s) has begun
+    assert worker.is_alive(), "the request should still be pausing before the next account"
+    assert stack.pool.status("a").in_flight == 0
+    worker.join(10)
+    assert result == [200]

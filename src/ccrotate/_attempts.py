@@ -197,14 +197,15 @@ async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstrea
             if attempt.pinned is not None:
                 return failed
             tried.append(name)
-            if reason in ("overloaded", "server_error", "connection"):
-                # Not the account's fault: pause briefly so a struggling upstream can recover.
-                delay = min(config.backoff_cap, config.backoff_base * 2 ** backoffs)
-                backoffs += 1
-                await anyio.sleep(delay * random.uniform(0.5, 1.0))
         finally:
             if won is None:
                 pool.release(name)
+        if reason in ("overloaded", "server_error", "connection"):
+            # Not the account's fault: pause briefly so a struggling upstream can recover
+            # (with the account already released: it is not busy with this request).
+            delay = min(config.backoff_cap, config.backoff_base * 2 ** backoffs)
+            backoffs += 1
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))
     assert last is not None
     return last
 
