@@ -191,3 +191,34 @@ def test_an_overloaded_account_is_released_before_the_backoff_pause(serve_proxy:
     assert stack.pool.status("a").in_flight == 0
     worker.join(10)
     assert result == [200]
+
+
+def test_a_spend_cap_error_event_keeps_its_error_code_for_the_client(serve_proxy: Any) -> None:
+    """An `event: error` spend cap that opens a 200 stream reaches the client with its
+    `details.error_code`, so it can tell that retrying soon will not help."""
+    import httpx
+
+    from ccrotate.testing import serve_app
+
+    event = {"type": "error", "error": {"type": "rate_limit_error", "message": "cap",
+                                        "details": {"error_code": "enforced_spend_limit_reached"}}}
+
+    async def capped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body",
+                    "body": b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"})
+
+    with serve_app(capped) as upstream:
+        stack = serve_proxy(upstream_url=upstream.url)
+        r = httpx.post(stack.url + "/v1/messages", headers={"x-account-name": "a"}, json={
+            "model": MODEL, "max_tokens": 8, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 429
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["details"]["error_code"] == "enforced_spend_limit_reached"
+    assert stack.pool.status("a").state is AccountState.RATE_LIMITED

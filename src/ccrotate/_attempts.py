@@ -341,7 +341,7 @@ async def _peek_stream(account: Account, resp: UpstreamResponse,
         if status == 429:
             headers += [(k, v) for k, v in response_headers(resp.raw_headers)
                         if k != b"content-type"]
-        return reason, Failed(status, headers, error_body(type_, message))
+        return reason, Failed(status, headers, scanner.error_data or error_body(type_, message))
     if not scanner.first_event_complete():
         await resp.aclose()
         return "connection", Failed.of(502, "api_error",

@@ -239,12 +239,14 @@ class SSEScanner:
     per chunk on the hot path.
     """
 
-    __slots__ = ("_buf", "error", "events", "finished", "usage")
+    __slots__ = ("_buf", "error", "error_data", "events", "finished", "usage")
 
     def __init__(self) -> None:
         self._buf = b""
         self.usage = Usage()
         self.error: tuple[str, str] | None = None
+        self.error_data: bytes | None = None
+        """The error event's JSON as sent (it may carry ``details``, e.g. a spend cap)."""
         self.finished = False
         self.events = 0
 
@@ -276,12 +278,14 @@ class SSEScanner:
         at = frame.find(b"data:")
         if at < 0:
             return
+        data = frame[at + 5:].strip()
         try:
-            event = _event_decoder.decode(frame[at + 5:].strip())
+            event = _event_decoder.decode(data)
         except msgspec.DecodeError:
             return
         if event.type == "error" and event.error is not None:
             self.error = (event.error.type, event.error.message)
+            self.error_data = data
             return
         usage = event.message.usage if event.message is not None else event.usage
         if usage is not None:
