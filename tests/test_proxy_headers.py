@@ -406,3 +406,31 @@ def test_the_oauth_beta_of_a_client_never_reaches_an_api_key_account(
     r = post(proxy_server, body(), {"x-account-name": "a", "anthropic-beta": "oauth-2025-04-20"})
     assert r.status_code == 200
     assert proxy_server.fake.last_request.header("anthropic-beta") is None
+
+
+async def _gzip_stream_then_cut(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")]})
+    packed = gzip.compress(b"event: message_start\ndata: {}\n\n" * 50)
+    await send({"type": "http.response.body", "body": packed[:40], "more_body": True})
+    await send({"type": "http.response.body", "body": packed[40:80], "more_body": True})
+    raise RuntimeError("the upstream dies mid-stream")  # uvicorn drops the connection
+
+
+def test_an_encoded_stream_cut_upstream_is_cut_for_the_client_too(serve_proxy: Any) -> None:
+    """A still-gzipped stream that dies is aborted, never patched with a plain-text event."""
+    with serve_app(_gzip_stream_then_cut) as upstream:
+        stack: Stack = serve_proxy(upstream_url=upstream.url)
+        raw = b""
+        with pytest.raises(httpx.RemoteProtocolError), httpx.stream(  # noqa: PT012
+                "POST", stack.url + "/v1/messages", json=body(stream=True)) as r:
+            assert r.headers["content-encoding"] == "gzip"
+            for chunk in r.iter_raw():
+                raw += chunk
+    assert b"event: error" not in raw
+    assert raw
+    assert raw.startswith(b"\x1f\x8b")

@@ -312,6 +312,11 @@ class RotatingProxy:
             # Only the upstream dying mid-stream: an OSError from send() is the client
             # leaving (ASGI 2.4) and must reach serve() untouched, not become an api_error.
             record.error_type = "api_error"
+            if scanner is None:
+                # Still-encoded bytes (the upstream ignored accept-encoding: identity): a
+                # plain-text error event would corrupt them. Abort instead, so the server
+                # drops the connection and the client sees a truncated body.
+                raise
             tail = error_event("api_error", f"ccrotate: upstream stream failed: {exc}")
         else:
             if scanner is not None and not scanner.finished and scanner.error is None:
