@@ -32,14 +32,20 @@ from ccrotate._observe import Failover, Observer, RequestRecord
 from ccrotate._pool import AccountPool
 from ccrotate._strategy import SelectionContext
 from ccrotate._upstream import Upstream, UpstreamResponse
-from ccrotate._wire import STATUS_OF_ERROR, SSEScanner, error_body, inject_identity, parse_error
+from ccrotate._wire import (
+    SPEND_CAP,
+    STATUS_OF_ERROR,
+    SSEScanner,
+    error_body,
+    inject_identity,
+    parse_error,
+)
 
 __all__ = ["Attempt", "Failed", "Refresher", "Won", "run_attempts"]
 
 log = logging.getLogger("ccrotate.proxy")
 
 _JSON = [(b"content-type", b"application/json")]
-_SPEND_CAP = "enforced_spend_limit_reached"
 
 
 class Refresher(Protocol):
@@ -126,6 +132,12 @@ class Failed:
             headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
         return cls(status, headers, error_body(type_, message))
 
+    def client_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers to answer with, naming the account that produced the error."""
+        if self.account is None:
+            return list(self.headers)
+        return [*self.headers, (b"x-ccrotate-account", self.account.encode())]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoopConfig:
@@ -185,7 +197,7 @@ async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstrea
             if reason == "rate_limited":
                 _, _, code = parse_error(failed.body)
                 until = pool.report_rate_limited(name, _Headers(failed.headers),
-                                                 spend_cap=code == _SPEND_CAP)
+                                                 spend_cap=code == SPEND_CAP)
                 if not any(k == b"retry-after" for k, _ in failed.headers):
                     failed.headers.append(
                         (b"retry-after", str(max(1, math.ceil(until - pool.now()))).encode()))
@@ -237,7 +249,7 @@ def _no_account(exc: NoAccountAvailable, last: Failed | None) -> Failed:
         # the client learns the real upstream error, not a made-up one.
         return last
     if exc.retry_after is not None:
-        if last is not None and parse_error(last.body)[2] == _SPEND_CAP:
+        if last is not None and parse_error(last.body)[2] == SPEND_CAP:
             # Every account is capped: keep the upstream's own body so clients see the
             # spend-cap code (which tells them retrying soon will not help).
             last.headers = [(k, v) for k, v in last.headers if k != b"retry-after"]

@@ -31,7 +31,7 @@ from ccrotate._openai import (
     translation_error_body,
 )
 from ccrotate._strategy import SelectionContext
-from ccrotate._wire import needs_identity, parse_error, peek_request, usage_of_body
+from ccrotate._wire import SPEND_CAP, needs_identity, parse_error, peek_request, usage_of_body
 
 if TYPE_CHECKING:
     from ccrotate._proxy import RotatingProxy
@@ -43,7 +43,6 @@ _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-cache")]
 _KEEP = frozenset({b"retry-after", b"request-id", b"x-ccrotate-account"})
 _NO_RETRY = (b"x-should-retry", b"false")
-_SPEND_CAP = "enforced_spend_limit_reached"
 CAPABILITIES_TTL = 3600.0
 CAPABILITIES_RETRY = 60.0
 
@@ -186,12 +185,10 @@ class OpenAIRoute:
 async def _error(send: Send, failed: Failed, record: RequestRecord) -> None:
     status, body = anthropic_error_to_openai(failed.status, failed.body)
     record.status = status
-    headers = [_JSON, *((k, v) for k, v in failed.headers if k in _KEEP)]
-    if status == 429 and parse_error(failed.body)[2] == _SPEND_CAP:
+    headers = [_JSON, *((k, v) for k, v in failed.client_headers() if k in _KEEP)]
+    if status == 429 and parse_error(failed.body)[2] == SPEND_CAP:
         # insufficient_quota will not clear by retrying; the openai SDK obeys this header.
         headers.append(_NO_RETRY)
-    if failed.account is not None:
-        headers.append((b"x-ccrotate-account", failed.account.encode()))
     await send_bytes(send, status, headers, body)
 
 

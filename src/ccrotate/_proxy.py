@@ -283,7 +283,7 @@ class RotatingProxy:
     async def _relay(self, send: Send, outcome: Won | Failed, record: RequestRecord,
                      t0: float) -> None:
         if isinstance(outcome, Failed):
-            record.error_type = _error_type(outcome.body)
+            record.error_type = parse_error(outcome.body)[0]
             await _reply(send, outcome)
             return
         resp = outcome.response
@@ -329,15 +329,8 @@ class RotatingProxy:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-def _error_type(body: bytes) -> str | None:
-    return parse_error(body)[0]
-
-
 async def _reply(send: Send, failed: Failed) -> None:
-    headers = list(failed.headers)
-    if failed.account is not None:
-        headers.append((b"x-ccrotate-account", failed.account.encode()))
-    await send_bytes(send, failed.status, headers, failed.body)
+    await send_bytes(send, failed.status, failed.client_headers(), failed.body)
 
 
 async def _refuse(send: Send, openai: bool, failed: Failed) -> None:

@@ -14,6 +14,7 @@ import msgspec
 
 __all__ = [
     "IDENTITY_LINES",
+    "SPEND_CAP",
     "STATUS_OF_ERROR",
     "RequestPeek",
     "SSEScanner",
@@ -31,6 +32,8 @@ IDENTITY_LINES = (
     "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
 )
 _BILLING_PREFIX = "x-anthropic-billing-header:"
+SPEND_CAP = "enforced_spend_limit_reached"
+"""``error.details.error_code`` of a 429 that retrying will not cure."""
 
 STATUS_OF_ERROR = {
     "invalid_request_error": 400,

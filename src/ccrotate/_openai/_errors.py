@@ -13,6 +13,7 @@ import msgspec
 from ccrotate._exceptions import TranslationError
 from ccrotate._openai import _schema_anthropic as A
 from ccrotate._openai._schema_openai import ENCODER, ErrorBody, ErrorDetail
+from ccrotate._wire import SPEND_CAP
 
 __all__ = [
     "anthropic_error_to_openai",
@@ -38,7 +39,6 @@ _ERRORS: dict[str, tuple[int, str, str | None]] = {
 
 _BY_STATUS = {status: name for name, (status, _, _) in _ERRORS.items()}
 _BY_STATUS[529] = "overloaded_error"
-_SPEND_CAP = "enforced_spend_limit_reached"
 
 
 def _classify(status: int, anthropic_type: str | None) -> tuple[int, str, str | None]:
@@ -83,7 +83,7 @@ def anthropic_error_to_openai(status: int, body: bytes) -> tuple[int, bytes]:
         anthropic_type = envelope.error.type
         message = envelope.error.message or ""
         details = envelope.error.details
-        spend_cap = details is not None and details.error_code == _SPEND_CAP
+        spend_cap = details is not None and details.error_code == SPEND_CAP
     elif body:
         message = body[:500].decode("utf-8", "replace").strip()
     out_status, type_, code = _classify(status, anthropic_type)
