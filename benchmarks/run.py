@@ -203,7 +203,7 @@ def memory(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any],
 
 def translator(p: dict[str, Any]) -> dict[str, Any]:
     try:
-        from ccrotate._openai._bench import bench_translator
+        from ccrotate._proxy.dialects.openai.bench import bench_translator
     except ImportError as exc:
         return {"available": False, "reason": str(exc)}
     return {"available": True, **bench_translator(p["translator_n"])}

@@ -16,9 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ccrotate import Account, AccountKind, AccountPool, Secret
-from ccrotate._config import Settings
-from ccrotate._server import build_components, create_app
-from ccrotate._upstream import Timeouts, Upstream
+from ccrotate._server.app import build_components, create_app
+from ccrotate._server.config import Settings
+from ccrotate._upstream.aiohttp_transport import Timeouts, Upstream
 
 KEYS = ("sk-ant-api03-bench-key-aaaa", "sk-ant-api03-bench-key-bbbb",
         "sk-ant-api03-bench-key-cccc")

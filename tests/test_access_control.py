@@ -24,9 +24,9 @@ import msgspec
 import pytest
 
 from ccrotate import Account, AccountKind, AccountPool, AccountState, ConfigError, Secret, Settings
-from ccrotate._auth import ClientAuth
-from ccrotate._cli_serve import check_bind, run_server
-from ccrotate._server import build_components, create_app
+from ccrotate._cli.serve import check_bind, run_server
+from ccrotate._proxy.auth import ClientAuth
+from ccrotate._server.app import build_components, create_app
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
 
 API_KEY = "sk-ant-api03-ALPHAsecretKEY-zq81"

@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from ccrotate import AccountPool, ConfigError, RequestRecord, Settings
-from ccrotate._accesslog import COLUMNS, AccessLog, LogFilter, LoggingSink
-from ccrotate._logstore import DuckDBLogStore, MemoryLogStore
-from ccrotate._observe import Failover
-from ccrotate._pricing import PricingTable
-from ccrotate._server import build_components
+from ccrotate._observe.accesslog import AccessLog, LoggingSink
+from ccrotate._observe.entries import COLUMNS, LogFilter
+from ccrotate._observe.logstore import DuckDBLogStore, MemoryLogStore
+from ccrotate._observe.pricing import PricingTable
+from ccrotate._proxy.record import Failover
+from ccrotate._server.app import build_components
 from ccrotate.testing import RateLimited, Reply
 from conftest import HELLO, KEY_A, KEY_C, MODEL, TOKEN_B, Stack
 

@@ -336,7 +336,7 @@ def test_update_sees_changes_made_by_others(accounts_path: Path) -> None:
 
 LOCK_SCRIPT = textwrap.dedent("""
     import dataclasses, os, sys, time
-    from ccrotate._accounts_file import AccountsFile
+    from ccrotate._accounts.file import AccountsFile
 
     path, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     f = AccountsFile(path)

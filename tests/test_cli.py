@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ccrotate import ConfigError, Settings
-from ccrotate._cli import main
-from ccrotate._cli_serve import check_bind
-from ccrotate._demo import run_demo
+from ccrotate._cli.demo import run_demo
+from ccrotate._cli.main import main
+from ccrotate._cli.serve import check_bind
 
 
 def test_loopback_without_token_is_allowed_and_said() -> None:

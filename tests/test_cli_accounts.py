@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ccrotate import AccountKind, AccountsFile, Secret
-from ccrotate._cli import main
+from ccrotate._cli.main import main
 from ccrotate.testing import FakeUpstream, ServerHandle
 
 ACCESS = "sk-ant-oat01-cli-test-access-AAAA1111"

@@ -1,4 +1,4 @@
-"""Tests for ccrotate._config: layers, parsing, error messages, secrecy."""
+"""Tests for ccrotate._server.config: layers, parsing, error messages, secrecy."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-import ccrotate._config as config
-from ccrotate._config import FIELDS, FieldSpec, Settings, load_settings
+import ccrotate._server.config as config
 from ccrotate._exceptions import ConfigError
+from ccrotate._server.config import FIELDS, FieldSpec, Settings, load_settings
 
 SECRET = "sk-very-secret-token-0123456789"
 

@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from ccrotate import AccountPool, Settings
-from ccrotate._server import build_components, create_app
+from ccrotate._server.app import build_components, create_app
 from ccrotate.testing import RateLimited, serve_app
 from conftest import CREDENTIALS, HELLO, MODEL, make_accounts
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from ccrotate import AccountKind, AccountsFile, CCRotateError, InvalidGrant, Secret, Settings
-from ccrotate._login import (
+from ccrotate._accounts.login import (
     REDIRECT_URI,
     exchange_code,
     login,

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from ccrotate import RequestRecord
-from ccrotate._accesslog import entry_from_record
-from ccrotate._auth import ClientAuth
-from ccrotate._logs_api import ReadGuard, logs_app
-from ccrotate._logstore import DuckDBLogStore, MemoryLogStore
-from ccrotate._observe import Failover
-from ccrotate._pricing import PricingTable
+from ccrotate._observe.entries import entry_from_record
+from ccrotate._observe.logs_api import ReadGuard, logs_app
+from ccrotate._observe.logstore import DuckDBLogStore, MemoryLogStore
+from ccrotate._observe.pricing import PricingTable
+from ccrotate._proxy.auth import ClientAuth
+from ccrotate._proxy.record import Failover
 
 NOW = 1_790_003_600.0
 SONNET, HAIKU = "claude-sonnet-4-6", "claude-haiku-4-5"

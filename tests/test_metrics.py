@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from ccrotate import AccountPool, RequestRecord, Settings
-from ccrotate._metrics import PrometheusMetrics
-from ccrotate._observe import Failover
-from ccrotate._server import build_components, create_app
+from ccrotate._observe.metrics import PrometheusMetrics
+from ccrotate._proxy.record import Failover
+from ccrotate._server.app import build_components, create_app
 from ccrotate.testing import Limits, Overloaded, RateLimited, Reply, StreamError
 from conftest import HELLO, KEY_A, KEY_C, MODEL, TOKEN_B, FakeClock, Stack
 

@@ -24,13 +24,13 @@ import openai
 import pytest
 
 from ccrotate import Account, AccountKind, AccountPool, AccountState, RotatingProxy, Secret
-from ccrotate._auth import ClientAuth
-from ccrotate._config import Settings
-from ccrotate._observe import Failover, RequestRecord
-from ccrotate._openai_route import OpenAIRoute
-from ccrotate._refresh import TokenRefresher
-from ccrotate._server import build_components, create_app
-from ccrotate._strategy import RoundRobin, SelectionContext
+from ccrotate._pool.strategy import RoundRobin, SelectionContext
+from ccrotate._proxy.auth import ClientAuth
+from ccrotate._proxy.openai_route import OpenAIRoute
+from ccrotate._proxy.record import Failover, RequestRecord
+from ccrotate._server.app import build_components, create_app
+from ccrotate._server.config import Settings
+from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._wire import CLAUDE_CODE_IDENTITY
 from ccrotate.testing import (
     ApiError,

@@ -1,4 +1,4 @@
-"""The OpenAI chat-completions <-> Anthropic Messages translator (``ccrotate._openai``).
+"""The OpenAI chat-completions <-> Anthropic Messages translator (``_proxy.dialects.openai``).
 
 Outputs are checked against the real SDK models: translated requests are validated with
 the anthropic SDK's ``MessageCreateParams`` TypedDicts plus the API's turn rules, and
@@ -25,9 +25,9 @@ from anthropic.types.message_create_params import (
 from openai.types import Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
-import ccrotate._openai as api
+import ccrotate._proxy.dialects.openai as api
 from ccrotate._exceptions import TranslationError, UpstreamProtocolError
-from ccrotate._openai import (
+from ccrotate._proxy.dialects.openai import (
     ModelCapabilities,
     OpenAITranslator,
     TranslatedRequest,
@@ -36,7 +36,7 @@ from ccrotate._openai import (
     parse_model_capabilities,
     translation_error_body,
 )
-from ccrotate._openai._bench import bench_translator
+from ccrotate._proxy.dialects.openai.bench import bench_translator
 
 MODEL = "claude-sonnet-4-6"
 USER = {"role": "user", "content": "hi"}

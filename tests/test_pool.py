@@ -25,9 +25,9 @@ from ccrotate import (
     PoolEvent,
     Secret,
     UnknownAccount,
-    _pool,
 )
-from ccrotate._state import AccountRuntime, Event, transition
+from ccrotate._pool import pool as _pool
+from ccrotate._pool.state import AccountRuntime, Event, transition
 
 T0 = 1_760_000_000.0
 U = "anthropic-ratelimit-unified-"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from ccrotate._ratelimit import MAX_COOLDOWN, cooldown_until, parse_quota
+from ccrotate._pool.ratelimit import MAX_COOLDOWN, cooldown_until, parse_quota
 
 NOW = 1_760_000_000.0
 U = "anthropic-ratelimit-unified-"

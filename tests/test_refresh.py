@@ -25,9 +25,9 @@ from ccrotate import (
     Secret,
     Settings,
 )
-from ccrotate._proxy import ProxyConfig, RotatingProxy
-from ccrotate._refresh import TokenRefresher
-from ccrotate._reload import AccountsWatcher
+from ccrotate._proxy.app import ProxyConfig, RotatingProxy
+from ccrotate._tokens.refresh import TokenRefresher
+from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate.testing import FakeUpstream, ServerHandle, TokenError, TokenReply
 
 CLAUDE_CODE_CLIENT_ID = Settings().oauth_client_id  # what the fake expects
@@ -148,7 +148,7 @@ import hashlib, sys, time
 from pathlib import Path
 import anyio
 from ccrotate import AccountPool, AccountsFile
-from ccrotate._refresh import TokenRefresher
+from ccrotate._tokens.refresh import TokenRefresher
 
 async def main() -> None:
     path, url, client_id, go = sys.argv[1:5]

@@ -20,9 +20,9 @@ from ccrotate import (
     Secret,
     Settings,
 )
-from ccrotate._refresh import TokenRefresher
-from ccrotate._reload import AccountsWatcher
-from ccrotate._server import build_components
+from ccrotate._server.app import build_components
+from ccrotate._tokens.refresh import TokenRefresher
+from ccrotate._tokens.reload import AccountsWatcher
 
 SECRET = "sk-ant-api03-never-log-this-value-7777"
 
@@ -168,7 +168,7 @@ def test_the_server_wires_refresher_and_watcher(tmp_path: Path) -> None:
 async def test_a_new_login_in_the_file_repairs_an_auth_error(
         setup: tuple[Path, AccountsFile, AccountPool, AccountsWatcher]) -> None:
     """An account in auth_error comes back when `accounts login` writes new tokens."""
-    from ccrotate._login import save_account
+    from ccrotate._accounts.login import save_account
 
     path, file, pool, watcher = setup
     rewrite(path, doc(a=key(1), sub=oauth()))

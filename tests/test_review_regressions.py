@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from ccrotate import Account, AccountPool, Failover, RequestRecord, RotatingProxy
-from ccrotate._state import AccountState
+from ccrotate._pool.state import AccountState
 from ccrotate.testing import FakeUpstream, RateLimited, ServerHandle, StreamError, Unauthorized
 from conftest import KEY_A, MODEL, TOKEN_B, FakeClock, fast_config, make_accounts
 

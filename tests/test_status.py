@@ -32,9 +32,9 @@ from ccrotate import (
     Secret,
     Settings,
 )
-from ccrotate._refresh import TokenRefresher
-from ccrotate._server import Components, build_components, create_app
-from ccrotate._status import StatusMount, status_app
+from ccrotate._observe.status import StatusMount, status_app
+from ccrotate._server.app import Components, build_components, create_app
+from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
 
 T = 1_800_000_000.0  # 2027-01-15T08:00:00Z

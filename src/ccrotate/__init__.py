@@ -3,11 +3,8 @@
 The public surface is re-exported here; every module behind it is private.
 """
 
-from ccrotate._accesslog import AccessLog, LoggingSink
-from ccrotate._accounts import Account, AccountKind, Secret
-from ccrotate._accounts_file import AccountsFile, FileFormat, discover_accounts_file
-from ccrotate._auth import ClientAuth
-from ccrotate._config import Settings, load_settings
+from ccrotate._accounts.file import AccountsFile, FileFormat, discover_accounts_file
+from ccrotate._accounts.model import Account, AccountKind, Secret
 from ccrotate._exceptions import (
     AccountsFileError,
     CCRotateError,
@@ -23,14 +20,14 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ccrotate._health import AccountView, HealthView, PoolView, health_endpoint
-from ccrotate._logs_api import logs_app, logs_routes
-from ccrotate._logstore import DuckDBLogStore, LogStore, MemoryLogStore
-from ccrotate._metrics import MetricsApp, PrometheusMetrics
-from ccrotate._observe import Failover, Observer, RequestRecord
-from ccrotate._openai import OpenAITranslator, StreamTranslator, TranslatedRequest
-from ccrotate._openai_route import OpenAIRoute
-from ccrotate._pool import (
+from ccrotate._observe.accesslog import AccessLog, LoggingSink
+from ccrotate._observe.health import AccountView, HealthView, PoolView, health_endpoint
+from ccrotate._observe.logs_api import logs_app, logs_routes
+from ccrotate._observe.logstore import DuckDBLogStore, LogStore, MemoryLogStore
+from ccrotate._observe.metrics import MetricsApp, PrometheusMetrics
+from ccrotate._observe.pricing import ModelPrice, PricingTable
+from ccrotate._observe.status import StatusMount, status_app
+from ccrotate._pool.pool import (
     AccountPool,
     AccountStatus,
     MemoryStateStore,
@@ -38,22 +35,25 @@ from ccrotate._pool import (
     ReloadResult,
     StateStore,
 )
-from ccrotate._pricing import ModelPrice, PricingTable
-from ccrotate._proxy import ProxyConfig, RotatingProxy, RotationMiddleware
-from ccrotate._ratelimit import QuotaSnapshot, WindowQuota
-from ccrotate._refresh import TokenRefresher
-from ccrotate._reload import AccountsWatcher
-from ccrotate._server import Components, build_components, create_app
-from ccrotate._state import AccountRuntime, AccountState, Event
-from ccrotate._status import StatusMount, status_app
-from ccrotate._strategy import (
+from ccrotate._pool.ratelimit import QuotaSnapshot, WindowQuota
+from ccrotate._pool.state import AccountRuntime, AccountState, Event
+from ccrotate._pool.strategy import (
     Candidate,
     FirstAvailable,
     RoundRobin,
     SelectionContext,
     SelectionStrategy,
 )
-from ccrotate._upstream import Timeouts
+from ccrotate._proxy.app import ProxyConfig, RotatingProxy, RotationMiddleware
+from ccrotate._proxy.auth import ClientAuth
+from ccrotate._proxy.dialects.openai import OpenAITranslator, StreamTranslator, TranslatedRequest
+from ccrotate._proxy.openai_route import OpenAIRoute
+from ccrotate._proxy.record import Failover, Observer, RequestRecord
+from ccrotate._server.app import Components, build_components, create_app
+from ccrotate._server.config import Settings, load_settings
+from ccrotate._tokens.refresh import TokenRefresher
+from ccrotate._tokens.reload import AccountsWatcher
+from ccrotate._upstream.aiohttp_transport import Timeouts
 from ccrotate._version import __version__
 
 __all__ = [

@@ -14,6 +14,7 @@ import msgspec
 
 __all__ = [
     "IDENTITY_LINES",
+    "OAUTH_BETA",
     "SPEND_CAP",
     "STATUS_OF_ERROR",
     "RequestPeek",
@@ -25,6 +26,9 @@ __all__ = [
     "needs_identity",
     "parse_error",
 ]
+
+OAUTH_BETA = "oauth-2025-04-20"
+"""The beta every OAuth (subscription) request upstream must carry."""
 
 CLAUDE_CODE_IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
 IDENTITY_LINES = (

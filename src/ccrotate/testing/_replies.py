@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from ccrotate.testing import _wire as wire
 from ccrotate.testing._asgi import Plan
@@ -17,8 +18,16 @@ from ccrotate.testing._behaviours import (
 from ccrotate.testing._records import RecordedRequest
 from ccrotate.testing._render import render
 
-if TYPE_CHECKING:
-    from ccrotate.testing._fake import FakeUpstream
+
+class Upstream(Protocol):
+    """What the planner needs of :class:`~ccrotate.testing.FakeUpstream` (no import cycle)."""
+
+    def _limit_headers(self, rec: RecordedRequest, *, rate_limited: RateLimited | None = None,
+                       tokens: int = 0) -> list[tuple[bytes, bytes]]: ...
+
+    def _error_plan(self, rec: RecordedRequest, status: int, error_type: str, message: str, *,
+                    details: Any = None, headers: Sequence[tuple[bytes, bytes]] = (),
+                    delay: float = 0.0, limit_headers: bool = True) -> Plan: ...
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache")]
@@ -33,7 +42,7 @@ def _seconds(value: float) -> bytes:
 
 
 class ReplyPlanner:
-    def __init__(self, fake: FakeUpstream) -> None:
+    def __init__(self, fake: Upstream) -> None:
         self._fake = fake
 
     def plan(self, rec: RecordedRequest, body: dict[str, Any], behaviour: Behaviour) -> Plan:

@@ -1,0 +1,1 @@
+"""The ``ccrotate`` command line. Top of the layers: may import anything."""

@@ -1,0 +1,172 @@
+"""The access log: one structured record per request, written off the request path.
+
+:class:`AccessLog` is an :class:`~ccrotate.Observer`. The proxy calls
+``on_request`` synchronously as each request ends; that call only appends the
+record to a bounded buffer. The log's background service (``run``, started by the
+app's lifespan) turns the buffered records into entries (a plain dict per request,
+cost included) and hands them in batches to its sinks: the standard ``logging``
+module as JSON lines (logger ``ccrotate.access``), and a store the query API reads
+(:class:`~ccrotate._observe.logstore.MemoryLogStore` by default, DuckDB when configured).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+from ccrotate._observe.entries import Entry, entry_from_record
+from ccrotate._observe.logstore import LogStore, MemoryLogStore
+from ccrotate._observe.pricing import PricingTable
+from ccrotate._proxy.record import Failover, RequestRecord
+
+__all__ = ["AccessLog", "LogSink", "LoggingSink"]
+
+log = logging.getLogger("ccrotate")
+
+class LogSink(Protocol):
+    """Where batches of entries go. ``write`` may take its time: it runs off the request path."""
+
+    async def open(self) -> None: ...
+
+    async def write(self, entries: Sequence[Entry]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LoggingSink:
+    """Writes each entry as one JSON line to a :mod:`logging` logger (``ccrotate.access``).
+
+    The entry itself rides along as ``record.ccrotate_access`` for structured handlers.
+    Handlers may block on I/O, so batches are logged from a worker thread.
+
+    Parameters:
+        logger: the logger, or its name.
+        level: the level of each line.
+    """
+
+    def __init__(self, logger: logging.Logger | str = "ccrotate.access", *,
+                 level: int = logging.INFO) -> None:
+        self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
+        self.level = level
+
+    async def open(self) -> None:
+        return None
+
+    async def write(self, entries: Sequence[Entry]) -> None:
+        if entries and self.logger.isEnabledFor(self.level):
+            await anyio.to_thread.run_sync(self._emit, entries)
+
+    def _emit(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            self.logger.log(self.level, "%s", json.dumps(entry, separators=(",", ":")),
+                            extra={"ccrotate_access": entry})
+
+    async def aclose(self) -> None:
+        return None
+
+
+class AccessLog:
+    """The access log: an observer that buffers records and a service that writes them.
+
+    Add it to the proxy's observers and run it as a service (the reference server
+    does both); or call :meth:`flush` yourself.
+
+    Parameters:
+        store: the queryable store (a :class:`MemoryLogStore` holding the last 10,000
+            entries when ``None``); it receives every batch too.
+        sinks: further sinks; ``None`` means one :class:`LoggingSink`.
+        pricing: the :class:`PricingTable` for ``cost_usd`` (the bundled one when ``None``).
+        flush_interval: seconds between flushes.
+        batch_size: entries per write; a full batch wakes the flusher early.
+        max_pending: records kept waiting at most; beyond, the oldest are dropped
+            (and counted in :attr:`dropped`) rather than growing without bound.
+    """
+
+    def __init__(self, *, store: LogStore | None = None, sinks: Sequence[LogSink] | None = None,
+                 pricing: PricingTable | None = None, flush_interval: float = 0.5,
+                 batch_size: int = 500, max_pending: int = 50_000) -> None:
+        if store is None:
+            store = MemoryLogStore()
+        self.store: LogStore = store
+        self.sinks: list[LogSink] = [*(sinks if sinks is not None else [LoggingSink()]), store]
+        self.pricing = pricing if pricing is not None else PricingTable.load()
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.dropped = 0
+        self._pending: collections.deque[RequestRecord] = collections.deque(maxlen=max_pending)
+        self._wake: anyio.Event | None = None
+        self._flush_lock: anyio.Lock | None = None
+        self._reported_drops = 0
+
+    def __repr__(self) -> str:
+        return f"<AccessLog sinks={len(self.sinks)} pending={len(self._pending)}>"
+
+    # -- Observer: called on the request path, so only appends ---------------------------
+
+    def on_failover(self, record: RequestRecord, failover: Failover) -> None:
+        """Failovers are logged with their request, when it ends."""
+
+    def on_request(self, record: RequestRecord) -> None:
+        """Queue ``record`` for the next flush."""
+        pending = self._pending
+        if len(pending) == pending.maxlen:
+            self.dropped += 1
+        pending.append(record)
+        if len(pending) >= self.batch_size and self._wake is not None:
+            self._wake.set()
+
+    # -- Service ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """Open the sinks, then flush every ``flush_interval`` until cancelled (flushing once
+        more on the way out)."""
+        opened: list[LogSink] = []
+        try:
+            for sink in self.sinks:
+                await sink.open()
+                opened.append(sink)
+            task_status.started()
+            while True:
+                self._wake = anyio.Event()
+                with anyio.move_on_after(self.flush_interval):
+                    await self._wake.wait()
+                await self.flush()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    if opened:
+                        await self.flush()
+                finally:
+                    for sink in opened:
+                        await sink.aclose()
+
+    async def flush(self) -> int:
+        """Write every buffered record now; returns how many were written."""
+        if self._flush_lock is None:
+            self._flush_lock = anyio.Lock()
+        written = 0
+        async with self._flush_lock:
+            while self._pending:
+                batch: list[RequestRecord] = []
+                while self._pending and len(batch) < self.batch_size:
+                    batch.append(self._pending.popleft())
+                entries = [entry_from_record(r, self.pricing) for r in batch]
+                for sink in self.sinks:
+                    try:
+                        await sink.write(entries)
+                    except Exception:  # one broken sink must not starve the others
+                        log.exception("ccrotate: access log sink %r failed; %d entries lost "
+                                      "for it", sink, len(entries))
+                written += len(entries)
+        if self.dropped != self._reported_drops:
+            log.warning("ccrotate: access log buffer full: %d records dropped so far",
+                        self.dropped)
+            self._reported_drops = self.dropped
+        return written

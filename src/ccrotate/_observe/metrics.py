@@ -1,0 +1,312 @@
+"""Prometheus metrics: request counters and histograms, plus the pool's state at scrape time.
+
+:class:`PrometheusMetrics` is three things at once: an
+:class:`~ccrotate.Observer` (counts each request as it ends), a pool listener
+(counts cooldowns as they start), and a collector that reads
+``pool.statuses()`` when Prometheus scrapes (account states, cooldown seconds
+left, quota utilisation), so gauges are never stale. ``prometheus_client`` is
+the optional extra ``ccrotate[metrics]`` and is imported only here.
+
+Label values stay bounded: routes, failover reasons and error types come from
+fixed sets, model ids beyond ``max_models`` distinct ones become ``"other"``,
+and nothing per-request (ids, paths) is ever a label.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import anyio
+
+from ccrotate._asgi import Receive, Scope, Send, send_bytes
+from ccrotate._observe.pricing import PricingTable
+from ccrotate._pool.pool import AccountPool, PoolEvent
+from ccrotate._pool.state import AccountState, Event
+from ccrotate._proxy.record import Failover, RequestRecord
+
+__all__ = ["MetricsApp", "PrometheusMetrics"]
+
+ROUTES = frozenset({"messages", "count_tokens", "models", "chat_completions"})
+REASONS = frozenset({"rate_limited", "overloaded", "auth", "connection", "server_error"})
+ERROR_TYPES = frozenset({
+    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+    "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "billing_error",
+    "timeout_error",
+})
+TOKEN_KINDS = (("input", "input_tokens"), ("output", "output_tokens"),
+               ("cache_read", "cache_read_tokens"), ("cache_write", "cache_write_tokens"))
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+                   600.0)
+TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+_MODEL_SHAPE = re.compile(r"[a-z0-9][a-z0-9._:@\[\]-]{0,79}")
+_OUTCOME_SHAPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+        import prometheus_client.core
+        import prometheus_client.exposition
+    except ImportError:
+        raise ImportError("metrics need prometheus-client: "
+                          "pip install 'ccrotate[metrics]'") from None
+    return prometheus_client
+
+
+class _Bounded:
+    # Admits label values that look sane until `cap` distinct ones are in use;
+    # every later newcomer shares "other". Lock-free: a race can admit one extra.
+
+    def __init__(self, cap: int, shape: re.Pattern[str], seed: Iterable[str] = ()) -> None:
+        self.cap = cap
+        self.shape = shape
+        self.known: set[str] = set()
+        for value in seed:
+            self(value)
+
+    def __call__(self, value: str | None) -> str:
+        if value is None or value == "":
+            return "none"
+        if value in self.known:
+            return value
+        if len(self.known) >= self.cap or not self.shape.fullmatch(value):
+            return "other"
+        self.known.add(value)
+        return value
+
+
+class PrometheusMetrics:
+    """ccrotate's Prometheus metrics (see ``docs/observability.md`` for names and labels).
+
+    Parameters:
+        pool: the :class:`AccountPool` to report on (cooldowns and state gauges);
+            :meth:`attach` adds one later.
+        registry: a ``prometheus_client.CollectorRegistry`` of yours; by default a
+            private one (pass ``prometheus_client.REGISTRY`` to join the global one).
+        pricing: the :class:`PricingTable` for ``ccrotate_cost_usd_total``.
+        namespace: the metric name prefix.
+        max_models: distinct model labels before further ones count as ``"other"``.
+        latency_buckets, ttfb_buckets: histogram buckets in seconds.
+
+    Raises ``ImportError`` with the install hint when ``prometheus_client`` is missing.
+    """
+
+    def __init__(self, pool: AccountPool | None = None, *, registry: Any = None,
+                 pricing: PricingTable | None = None, namespace: str = "ccrotate",
+                 max_models: int = 32, latency_buckets: Iterable[float] = LATENCY_BUCKETS,
+                 ttfb_buckets: Iterable[float] = TTFB_BUCKETS) -> None:
+        pc = _prometheus()
+        self.registry = registry if registry is not None else pc.CollectorRegistry()
+        self.pricing = pricing if pricing is not None else PricingTable.load()
+        self.namespace = namespace
+        self._models = _Bounded(max_models, _MODEL_SHAPE)
+        self._outcomes = _Bounded(16, _OUTCOME_SHAPE)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._pools: list[AccountPool] = []
+        ns, reg = namespace, self.registry
+
+        def counter(name: str, doc: str, *labels: str) -> Any:
+            return pc.Counter(name, doc, labels, namespace=ns, registry=reg)
+
+        def histogram(name: str, doc: str, buckets: Iterable[float], *labels: str) -> Any:
+            return pc.Histogram(name, doc, labels, namespace=ns, registry=reg,
+                                buckets=tuple(buckets))
+
+        self.requests = counter("requests", "Client requests by the status the client saw "
+                                "(499: the client went away first).",
+                                "account", "model", "route", "status")
+        self.errors = counter("request_errors", "Requests that ended in an error, by error "
+                              "type (client disconnects are not errors).",
+                              "account", "route", "error_type")
+        self.disconnects = counter("client_disconnects", "Requests the client abandoned "
+                                   "before the answer was complete.", "account", "route")
+        self.duration = histogram("request_duration_seconds", "Whole request time, from "
+                                  "arrival to the last byte.", latency_buckets, "route", "model")
+        self.ttfb = histogram("ttfb_seconds", "Time from arrival to the first response byte "
+                              "sent to the client.", ttfb_buckets, "route", "model")
+        self.upstream_latency = histogram("upstream_latency_seconds", "Time from sending the "
+                                          "winning attempt upstream to its response head.",
+                                          ttfb_buckets, "account", "route")
+        self.failovers = counter("failovers", "Attempts that failed over to another account, "
+                                 "by the account that failed and why.", "account", "reason")
+        self.cooldowns = counter("cooldowns", "Cooldowns started (an account became "
+                                 "rate-limited).", "account")
+        self.refreshes = counter("token_refreshes", "OAuth token refreshes by outcome.",
+                                 "account", "outcome")
+        self.tokens = counter("tokens", "Tokens reported by the upstream, by kind (input, "
+                              "output, cache_read, cache_write).", "account", "model", "kind")
+        self.cost = counter("cost_usd", "Estimated cost in USD from the pricing table.",
+                            "account", "model")
+        self.unpriced = counter("unpriced_requests", "Requests with usage but a model the "
+                                "pricing table does not know (their cost is not counted).",
+                                "model")
+        self.collector = _PoolCollector(self)
+        self.registry.register(self.collector)
+        if pool is not None:
+            self.attach(pool)
+
+    def __repr__(self) -> str:
+        return f"<PrometheusMetrics namespace={self.namespace!r} pools={len(self._pools)}>"
+
+    def attach(self, pool: AccountPool) -> None:
+        """Report on ``pool``: listen to its events and read its state at scrape time."""
+        if pool not in self._pools:
+            self._pools.append(pool)
+            pool.add_listener(self.on_pool_event)
+
+    @property
+    def app(self) -> MetricsApp:
+        """An ASGI app answering ``GET`` with this registry in the Prometheus text format."""
+        return MetricsApp(self.registry)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    # -- Observer ------------------------------------------------------------------------
+
+    def on_failover(self, record: RequestRecord, failover: Failover) -> None:
+        """Count one failed-over attempt."""
+        reason = failover.reason if failover.reason in REASONS else "other"
+        self._child(self.failovers, failover.account, reason).inc()
+
+    def on_request(self, record: RequestRecord) -> None:
+        """Count one finished request: status, timings, tokens and cost."""
+        account = record.account or "none"
+        model = self._models(record.model)
+        route = record.route if record.route in ROUTES else "other"
+        disconnected = record.client_disconnected or record.status == 499
+        status = "499" if disconnected else str(record.status)
+        self._child(self.requests, account, model, route, status).inc()
+        if disconnected:
+            self._child(self.disconnects, account, route).inc()
+        elif record.status == 0 or record.status >= 400 or record.error_type is not None:
+            error_type = record.error_type if record.error_type in ERROR_TYPES else "other"
+            self._child(self.errors, account, route, error_type).inc()
+        if record.latency is not None:
+            self._child(self.duration, route, model).observe(record.latency)
+        if record.ttfb is not None:
+            self._child(self.ttfb, route, model).observe(record.ttfb)
+        if record.upstream_latency is not None and record.account is not None:
+            self._child(self.upstream_latency, account, route).observe(record.upstream_latency)
+        used = False
+        for kind, attr in TOKEN_KINDS:
+            count = getattr(record, attr)
+            if count is not None:
+                used = True
+                if count > 0:
+                    self._child(self.tokens, account, model, kind).inc(count)
+        if used:
+            cost = self.pricing.cost(record.model, input_tokens=record.input_tokens,
+                                     output_tokens=record.output_tokens,
+                                     cache_read_tokens=record.cache_read_tokens,
+                                     cache_write_tokens=record.cache_write_tokens)
+            if cost is None:
+                self._child(self.unpriced, model).inc()
+            elif cost > 0:
+                self._child(self.cost, account, model).inc(cost)
+
+    # -- pool events and hooks -----------------------------------------------------------
+
+    def on_pool_event(self, event: PoolEvent) -> None:
+        """Pool listener: count a cooldown when an account starts cooling."""
+        if (event.event is Event.RATE_LIMITED and event.after is AccountState.RATE_LIMITED
+                and event.before is not AccountState.RATE_LIMITED):
+            self._child(self.cooldowns, event.account).inc()
+
+    def record_refresh(self, account: str, outcome: str) -> None:
+        """Count one OAuth token refresh of ``account``.
+
+        ``outcome`` is a short word such as ``success``, ``failure`` or
+        ``invalid_grant``; odd or too many distinct values count as ``other``.
+        """
+        self._child(self.refreshes, account, self._outcomes(outcome.lower())).inc()
+
+
+class _PoolCollector:
+    # Reads the pools when Prometheus scrapes: gauges that are never stale and cost
+    # nothing between scrapes.
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self._metrics = metrics
+        self._pc = _prometheus()
+
+    def _families(self) -> dict[str, Any]:
+        ns, gauge = self._metrics.namespace, self._pc.core.GaugeMetricFamily
+        return {
+            "state": gauge(f"{ns}_account_state", "1 for the state each account is in, else 0.",
+                           labels=["account", "state"]),
+            "cooldown": gauge(f"{ns}_account_cooldown_seconds", "Seconds until a rate-limited "
+                              "account is tried again (0 when not cooling).",
+                              labels=["account"]),
+            "quota": gauge(f"{ns}_account_quota_utilization", "Latest quota utilisation "
+                           "(0..1) per window, from the upstream rate-limit headers.",
+                           labels=["account", "window"]),
+            "in_flight": gauge(f"{ns}_account_in_flight", "Requests in flight per account.",
+                               labels=["account"]),
+            "expires": gauge(f"{ns}_account_token_expires_in_seconds", "Seconds until an "
+                             "OAuth account's access token expires.", labels=["account"]),
+        }
+
+    def describe(self) -> Iterator[Any]:
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[Any]:
+        fam = self._families()
+        for pool in self._metrics._pools:
+            now = pool.now()
+            for st in pool.statuses():
+                for state in AccountState:
+                    fam["state"].add_metric([st.name, state.value],
+                                            1.0 if st.state is state else 0.0)
+                left = 0.0 if st.cooldown_until is None else max(0.0, st.cooldown_until - now)
+                fam["cooldown"].add_metric([st.name], left)
+                fam["in_flight"].add_metric([st.name], float(st.in_flight))
+                if st.token_expires_at is not None:
+                    fam["expires"].add_metric([st.name], st.token_expires_at - now)
+                if st.quota is not None:
+                    for window, quota in st.quota.windows.items():
+                        if quota.utilization is not None:
+                            fam["quota"].add_metric([st.name, window], quota.utilization)
+        yield from fam.values()
+
+
+class MetricsApp:
+    """``GET /metrics`` as a pure ASGI app, for any registry.
+
+    Mount it with ``Route("/metrics", MetricsApp(registry))``. It negotiates the
+    OpenMetrics format through ``Accept`` and renders in a worker thread, so a
+    scrape never stalls the event loop.
+
+    Parameters:
+        registry: a ``prometheus_client`` registry (or any collector).
+    """
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self._pc = _prometheus()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_bytes(send, 405, [(b"allow", b"GET, HEAD")], b"")
+            return
+        accept = ""
+        for key, value in scope["headers"]:
+            if key == b"accept":
+                accept = value.decode("latin-1")
+        encoder, content_type = self._pc.exposition.choose_encoder(accept)
+        body: bytes = await anyio.to_thread.run_sync(encoder, self.registry)
+        headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send_bytes(send, 200, headers, body)

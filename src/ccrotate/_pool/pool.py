@@ -1,0 +1,449 @@
+"""AccountPool: which account serves a request, and what each account's state is.
+
+Every method is synchronous and finishes under one ``threading.Lock`` without
+awaiting, so within an event loop (or across threads in a notebook) no two
+callers can see the same cooled account as free, and no update is lost. I/O
+(refreshing tokens, writing files) never happens here: callers do it outside and
+report the outcome back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ccrotate._accounts.model import Account, AccountKind
+from ccrotate._exceptions import NoAccountAvailable, UnknownAccount
+from ccrotate._pool.ratelimit import HeaderGetter, QuotaSnapshot, cooldown_until, parse_quota
+from ccrotate._pool.state import AccountRuntime, AccountState, Event, transition
+from ccrotate._pool.strategy import (
+    Candidate,
+    FirstAvailable,
+    RoundRobin,
+    SelectionContext,
+    SelectionStrategy,
+)
+
+__all__ = ["AccountPool", "AccountStatus", "MemoryStateStore", "PoolEvent", "ReloadResult",
+           "StateStore"]
+
+_NO_CONTEXT = SelectionContext()
+QUOTA_REFRESH = 1.0
+"""Seconds between two parses of a successful response's rate-limit headers."""
+log = logging.getLogger("ccrotate.pool")
+
+
+class StateStore(Protocol):
+    """Where runtime records live. In memory by default; a shared store can replace it."""
+
+    def get(self, name: str) -> AccountRuntime | None: ...
+    def put(self, name: str, runtime: AccountRuntime) -> None: ...
+    def delete(self, name: str) -> None: ...
+
+
+class MemoryStateStore:
+    """The default store: a dict in this process."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, AccountRuntime] = {}
+
+    def get(self, name: str) -> AccountRuntime | None:
+        return self._data.get(name)
+
+    def put(self, name: str, runtime: AccountRuntime) -> None:
+        self._data[name] = runtime
+
+    def delete(self, name: str) -> None:
+        self._data.pop(name, None)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    """A read-only snapshot of one account, safe to show (no secrets, masked credential)."""
+
+    name: str
+    kind: AccountKind
+    state: AccountState
+    credential_hint: str
+    cooldown_until: float | None
+    token_expires_at: float | None
+    last_used: float | None
+    last_error: str | None
+    requests: int
+    failures: int
+    rate_limits: int
+    in_flight: int
+    weight: int
+    priority: int
+    quota: QuotaSnapshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEvent:
+    """Told to listeners after a state change (outside the lock)."""
+
+    account: str
+    event: Event
+    before: AccountState
+    after: AccountState
+    until: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What :meth:`AccountPool.replace_accounts` changed."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+
+class AccountPool:
+    """A pool of Claude accounts with per-account state and a selection strategy.
+
+    Usable on its own (a notebook needs no server)::
+
+        pool = AccountPool(AccountsFile("~/.claude/accounts.json").load())
+        account = pool.acquire()
+        ...  # call the API with account.credential.reveal()
+        pool.report_rate_limited(account.name, response.headers)
+
+    Parameters:
+        accounts: the accounts, in preference order.
+        strategy: a :class:`SelectionStrategy`; :class:`RoundRobin` by default.
+        rotation: ``False`` always picks the first account that can serve.
+        default_cooldown: seconds to cool a 429 that carries no reset information.
+        clock: epoch-seconds clock (tests pass a fake one).
+        store: where runtime records live.
+    """
+
+    def __init__(self, accounts: Iterable[Account] = (), *,
+                 strategy: SelectionStrategy | None = None, rotation: bool = True,
+                 default_cooldown: float = 60.0, clock: Callable[[], float] = time.time,
+                 store: StateStore | None = None) -> None:
+        if strategy is None:
+            strategy = RoundRobin() if rotation else FirstAvailable()
+        self._strategy = strategy
+        self._clock = clock
+        self.default_cooldown = default_cooldown
+        self._store: StateStore = store if store is not None else MemoryStateStore()
+        self._lock = threading.Lock()
+        self._order: list[str] = []
+        self._listeners: list[Callable[[PoolEvent], None]] = []
+        self.replace_accounts(accounts)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._order
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._order))
+
+    def __repr__(self) -> str:
+        return f"<AccountPool accounts={len(self._order)}>"
+
+    def now(self) -> float:
+        """The pool's clock (epoch seconds); a test may have replaced it."""
+        return self._clock()
+
+    @property
+    def names(self) -> list[str]:
+        """Account names in preference order."""
+        return list(self._order)
+
+    def account(self, name: str) -> Account:
+        """The current credentials of ``name`` (raises :class:`UnknownAccount`)."""
+        return self._runtime(name).account
+
+    def accounts(self) -> list[Account]:
+        """Every account's current credentials, in order."""
+        with self._lock:
+            return [self._rt(n).account for n in self._order]
+
+    def status(self, name: str) -> AccountStatus:
+        """A snapshot of one account."""
+        with self._lock:
+            rt = self._runtime(name)
+            self._expire(rt, self._clock())
+            return _status(rt)
+
+    def statuses(self) -> list[AccountStatus]:
+        """Snapshots of every account, in order."""
+        now = self._clock()
+        with self._lock:
+            out = []
+            for name in self._order:
+                rt = self._rt(name)
+                self._expire(rt, now)
+                out.append(_status(rt))
+            return out
+
+    def peek(self) -> str | None:
+        """Which account an unpinned request would get now, without taking it."""
+        with self._lock:
+            candidates = self._candidates(self._clock(), ())
+            if not candidates:
+                return None
+            return self._strategy.peek(candidates, _NO_CONTEXT)
+
+    def soonest_recovery(self) -> float | None:
+        """Epoch seconds when the first cooling account comes back; ``None`` if none is cooling."""
+        now = self._clock()
+        with self._lock:
+            ends = [rt.cooldown_until for n in self._order
+                    if (rt := self._rt(n)).state is AccountState.RATE_LIMITED
+                    and rt.cooldown_until > now]
+        return min(ends) if ends else None
+
+    # -- selecting ---------------------------------------------------------------------------
+
+    def acquire(self, name: str | None = None, *, exclude: Collection[str] = (),
+                context: SelectionContext | None = None) -> Account:
+        """Choose the account for one request attempt and count it as used.
+
+        ``name`` pins the request to that account. ``exclude`` holds accounts this
+        request already tried. Raises :class:`UnknownAccount` for an unknown pinned
+        name and :class:`NoAccountAvailable` (with ``retry_after``) when nothing can serve.
+        """
+        now = self._clock()
+        with self._lock:
+            if name is not None:
+                rt = self._runtime(name)
+                self._expire(rt, now)
+                if rt.state is not AccountState.AVAILABLE:
+                    raise self._unavailable_one(rt, now)
+            else:
+                candidates = self._candidates(now, exclude)
+                if not candidates:
+                    raise self._unavailable_all(now, exclude)
+                chosen = self._strategy.select(candidates, context or _NO_CONTEXT)
+                if not any(c.name == chosen for c in candidates):
+                    # A custom strategy must never hand out a cooling or unknown account.
+                    raise ValueError(f"strategy chose {chosen!r}, which is not a candidate")
+                rt = self._rt(chosen)
+            rt.requests += 1
+            rt.in_flight += 1
+            rt.last_used = now
+            return rt.account
+
+    def release(self, name: str) -> None:
+        """The attempt on ``name`` is over (whatever its outcome). Idempotence is the caller's."""
+        with self._lock:
+            rt = self._store.get(name)
+            if rt is not None and rt.in_flight > 0:
+                rt.in_flight -= 1
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def report_success(self, name: str, headers: HeaderGetter | None = None) -> None:
+        """A request succeeded; remember the quota headers it carried.
+
+        Under load the headers of one success a second are enough for status and
+        metrics, so newer ones are parsed at most every ``QUOTA_REFRESH`` seconds.
+        """
+        if headers is None:
+            return
+        now = self._clock()
+        rt = self._store.get(name)
+        if rt is not None and rt.quota is not None and now - rt.quota.seen_at < QUOTA_REFRESH:
+            return
+        quota = parse_quota(headers, now)
+        if quota is None:
+            return
+        with self._lock:
+            rt = self._store.get(name)
+            if rt is not None:
+                rt.quota = quota
+
+    def report_rate_limited(self, name: str, headers: HeaderGetter, *, spend_cap: bool = False,
+                            reason: str = "rate limited (429)") -> float:
+        """Cool ``name`` until its reset headers allow it again; returns that time."""
+        now = self._clock()
+        until = cooldown_until(headers, now, default=self.default_cooldown, spend_cap=spend_cap)
+        quota = parse_quota(headers, now)
+        with self._lock:
+            rt = self._store.get(name)
+            if rt is None:
+                return until
+            if quota is not None:
+                rt.quota = quota
+            rt.failures += 1
+            event = self._apply(rt, Event.RATE_LIMITED, now, until=until, reason=reason)
+        self._emit(event)
+        return max(until, rt.cooldown_until)
+
+    def cool_down(self, name: str, until: float, *, reason: str) -> None:
+        """Cool ``name`` until ``until`` (epoch seconds) for a reason found elsewhere."""
+        now = self._clock()
+        with self._lock:
+            event = self._apply(self._runtime(name), Event.RATE_LIMITED, now, until=until,
+                                reason=reason)
+        self._emit(event)
+
+    def report_auth_error(self, name: str, reason: str) -> None:
+        """Upstream rejected the credentials: take ``name`` out until they are renewed."""
+        with self._lock:
+            rt = self._store.get(name)
+            if rt is None:
+                return
+            rt.failures += 1
+            event = self._apply(rt, Event.AUTH_FAILED, self._clock(), reason=reason)
+        self._emit(event)
+
+    def report_failure(self, name: str, reason: str) -> None:
+        """A failure that is not the account's fault (5xx, 529, network): counted only."""
+        with self._lock:
+            rt = self._store.get(name)
+            if rt is not None:
+                rt.failures += 1
+                rt.last_error = reason
+
+    # -- administration ----------------------------------------------------------------------
+
+    def disable(self, name: str, reason: str = "disabled by operator") -> None:
+        """Take ``name`` out of rotation until :meth:`enable`; survives file reloads."""
+        with self._lock:
+            event = self._apply(self._runtime(name), Event.DISABLED, self._clock(), reason=reason)
+        self._emit(event)
+
+    def enable(self, name: str) -> None:
+        """Put ``name`` back (it may still be cooling or need a login)."""
+        with self._lock:
+            event = self._apply(self._runtime(name), Event.ENABLED, self._clock())
+        self._emit(event)
+
+    def update_credentials(self, account: Account) -> None:
+        """Swap in renewed credentials (after a refresh or a new login); clears ``auth_error``."""
+        with self._lock:
+            rt = self._runtime(account.name)
+            rt.account = account
+            event = self._apply(rt, Event.CREDENTIALS_RENEWED, self._clock())
+        self._emit(event)
+
+    def replace_accounts(self, accounts: Iterable[Account]) -> ReloadResult:
+        """Apply a new set of accounts (a reload), keeping the state of unchanged ones."""
+        new = list(accounts)
+        names = [a.name for a in new]
+        if len(set(names)) != len(names):
+            raise ValueError("account names must be unique")
+        now = self._clock()
+        added: list[str] = []
+        changed: list[str] = []
+        events: list[PoolEvent | None] = []
+        with self._lock:
+            for acc in new:
+                rt = self._store.get(acc.name)
+                if rt is None:
+                    rt = AccountRuntime(account=acc)
+                    self._store.put(acc.name, rt)
+                    transition(rt, Event.RELOADED, now=now)
+                    added.append(acc.name)
+                elif rt.account != acc or rt.account.extra != acc.extra:
+                    renewed = rt.account.credential != acc.credential
+                    rt.account = acc
+                    changed.append(acc.name)
+                    events.append(self._apply(
+                        rt, Event.CREDENTIALS_RENEWED if renewed else Event.RELOADED, now))
+            removed = [n for n in self._order if n not in set(names)]
+            for name in removed:
+                self._store.delete(name)
+            self._strategy.forget(removed)
+            self._order = names
+        for event in events:
+            self._emit(event)
+        return ReloadResult(tuple(added), tuple(removed), tuple(changed))
+
+    def add_listener(self, listener: Callable[[PoolEvent], None]) -> None:
+        """Call ``listener`` after every state change (metrics, logs). Must not block."""
+        self._listeners.append(listener)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _rt(self, name: str) -> AccountRuntime:
+        rt = self._store.get(name)
+        assert rt is not None
+        return rt
+
+    def _runtime(self, name: str) -> AccountRuntime:
+        rt = self._store.get(name) if name in self._order else None
+        if rt is None:
+            raise UnknownAccount(name)
+        return rt
+
+    def _apply(self, rt: AccountRuntime, event: Event, now: float, *,
+               until: float | None = None, reason: str | None = None) -> PoolEvent | None:
+        before = transition(rt, event, now=now, until=until, reason=reason)
+        if before is rt.state and event is not Event.RATE_LIMITED:
+            return None
+        return PoolEvent(rt.account.name, event, before, rt.state,
+                         rt.cooldown_until if event is Event.RATE_LIMITED else None, reason)
+
+    def _emit(self, event: PoolEvent | None) -> None:
+        if event is None:
+            return
+        for listener in self._listeners:
+            # A broken metrics hook must not fail the request that reported the outcome.
+            try:
+                listener(event)
+            except Exception:
+                log.exception("pool listener %r failed on %s", listener, event.event.value)
+
+    def _expire(self, rt: AccountRuntime, now: float) -> None:
+        if rt.state is AccountState.RATE_LIMITED and rt.cooldown_until <= now:
+            transition(rt, Event.COOLDOWN_EXPIRED, now=now)
+
+    def _candidates(self, now: float, exclude: Collection[str]) -> list[Candidate]:
+        out = []
+        for name in self._order:
+            if name in exclude:
+                continue
+            rt = self._rt(name)
+            self._expire(rt, now)
+            if rt.state is AccountState.AVAILABLE:
+                acc = rt.account
+                out.append(Candidate(name, acc.weight, acc.priority, rt.in_flight, rt.quota))
+        return out
+
+    def _unavailable_one(self, rt: AccountRuntime, now: float) -> NoAccountAvailable:
+        name = rt.account.name
+        if rt.state is AccountState.RATE_LIMITED:
+            wait = rt.cooldown_until - now
+            return NoAccountAvailable(f"account {name!r} is rate-limited for {wait:.0f}s more",
+                                      retry_after=wait)
+        if rt.state is AccountState.AUTH_ERROR:
+            return NoAccountAvailable(f"account {name!r} needs a new login")
+        return NoAccountAvailable(f"account {name!r} is disabled")
+
+    def _unavailable_all(self, now: float, exclude: Collection[str]) -> NoAccountAvailable:
+        if not self._order:
+            return NoAccountAvailable("the pool has no accounts")
+        cooling = [(self._rt(n).cooldown_until, n) for n in self._order
+                   if self._rt(n).state is AccountState.RATE_LIMITED]
+        if cooling:
+            until, name = min(cooling)
+            wait = max(until - now, 0.0)
+            return NoAccountAvailable(
+                f"all accounts are rate-limited or unavailable; the soonest ({name!r}) "
+                f"is back in {wait:.0f}s", retry_after=wait)
+        if any(self._rt(n).state is AccountState.AVAILABLE for n in exclude if n in self):
+            return NoAccountAvailable("every account that can serve was tried for this request")
+        return NoAccountAvailable("no account can serve: all are disabled or need a new login")
+
+
+def _status(rt: AccountRuntime) -> AccountStatus:
+    acc = rt.account
+    return AccountStatus(
+        name=acc.name, kind=acc.kind, state=rt.state, credential_hint=acc.credential.masked,
+        cooldown_until=rt.cooldown_until if rt.state is AccountState.RATE_LIMITED else None,
+        token_expires_at=acc.expires_at, last_used=rt.last_used, last_error=rt.last_error,
+        requests=rt.requests, failures=rt.failures, rate_limits=rt.rate_limits,
+        in_flight=rt.in_flight, weight=acc.weight, priority=acc.priority, quota=rt.quota)

@@ -1,0 +1,107 @@
+"""Selection strategies: which available account serves the next request.
+
+A strategy sees only accounts that can serve right now and returns one name.
+It is called under the pool's lock, must not block, and keeps whatever memory
+it needs keyed by account name so that it survives reloads of the accounts file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ccrotate._pool.ratelimit import QuotaSnapshot
+
+__all__ = ["Candidate", "FirstAvailable", "RoundRobin", "SelectionContext", "SelectionStrategy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What a strategy may know about an account that can serve now."""
+
+    name: str
+    weight: int
+    priority: int
+    in_flight: int
+    quota: QuotaSnapshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionContext:
+    """Per-request facts a strategy may use (session affinity keys, model)."""
+
+    model: str | None = None
+    session_key: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+class SelectionStrategy(Protocol):
+    """Chooses one of the candidates (never empty); ``forget`` drops removed accounts."""
+
+    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str: ...
+
+    def peek(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        """What :meth:`select` would answer, without moving any rotation state."""
+        ...
+
+    def forget(self, names: Iterable[str]) -> None: ...
+
+
+def _best_tier(candidates: Sequence[Candidate]) -> list[Candidate]:
+    # Lower priority numbers are preferred; higher tiers only serve when the best is empty.
+    top = min(c.priority for c in candidates)
+    return [c for c in candidates if c.priority == top]
+
+
+class RoundRobin:
+    """Smooth weighted round-robin (nginx's algorithm) within the best priority tier.
+
+    With equal weights this is plain round-robin in file order. Weights of 0 are
+    only chosen when nothing else can serve. The per-account "current weight" is
+    the rotation position, kept by name, so a reload of the file does not restart
+    the rotation.
+    """
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+
+    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        return self._choose(candidates, self._current)
+
+    def peek(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        return self._choose(candidates, dict(self._current))
+
+    @staticmethod
+    def _choose(candidates: Sequence[Candidate], current: dict[str, int]) -> str:
+        tier = _best_tier(candidates)
+        weighted = [c for c in tier if c.weight > 0] or tier
+        total = 0
+        best: Candidate | None = None
+        best_value = 0
+        for c in weighted:
+            w = c.weight or 1
+            total += w
+            value = current.get(c.name, 0) + w
+            current[c.name] = value
+            if best is None or value > best_value:
+                best, best_value = c, value
+        assert best is not None
+        current[best.name] = best_value - total
+        return best.name
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._current.pop(name, None)
+
+
+class FirstAvailable:
+    """Always the first account (best tier, file order) that can serve: rotation off."""
+
+    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        return _best_tier(candidates)[0].name
+
+    peek = select
+
+    def forget(self, names: Iterable[str]) -> None:
+        return None

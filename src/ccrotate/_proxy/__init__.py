@@ -1,0 +1,4 @@
+"""The request path: the ASGI app and middleware, one attempt loop, one relay, dialects.
+
+Imports ``_upstream``, ``_tokens`` (protocols), ``_pool``, ``_accounts`` and the base modules.
+"""

@@ -1,0 +1,2 @@
+"""Client dialects: how an Anthropic or OpenAI client request enters the pipeline
+and how the upstream answer leaves it."""

@@ -1,0 +1,94 @@
+"""Header hygiene for both directions of the proxy (RFC 9110 §7.6.1 hop-by-hop rules)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ccrotate._wire import OAUTH_BETA
+
+__all__ = ["OAUTH_BETA", "merge_beta", "request_headers", "response_headers", "without_beta"]
+
+DEFAULT_VERSION = "2023-06-01"
+
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+# Never forwarded upstream: the client's own credentials (replaced by the pooled
+# account's), routing controls meant for ccrotate, framing that httpx/aiohttp
+# recompute, and cookies that Anthropic has no use for.
+_REQUEST_DROP = _HOP_BY_HOP | frozenset({
+    b"host", b"content-length", b"x-api-key", b"authorization", b"x-account-name",
+    b"cookie", b"accept-encoding", b"expect",
+})
+# Framing is ccrotate's to decide on the way back (it may buffer or rewrite).
+_RESPONSE_DROP = _HOP_BY_HOP | frozenset({b"content-length", b"date", b"server"})
+
+
+def _connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    named: set[bytes] = set()
+    for key, value in headers:
+        if key == b"connection":
+            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(named)
+
+
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], str | None,
+                                                                 str | None]:
+    """Filter the client's ASGI headers for forwarding.
+
+    Returns the forwardable pairs (lower-case names, duplicates kept), the
+    client's ``anthropic-beta`` value and its ``x-account-name``, both taken out
+    so the proxy can merge or act on them.
+    """
+    items = list(raw)
+    named = _connection_named(items)
+    drop = _REQUEST_DROP | named if named else _REQUEST_DROP  # no set union per request
+    out: list[tuple[str, str]] = []
+    betas: list[str] = []
+    pinned: str | None = None
+    has_version = False
+    for key, value in items:
+        if key == b"x-account-name":
+            pinned = value.decode("latin-1").strip() or None
+        elif key == b"anthropic-beta":
+            betas.append(value.decode("latin-1"))
+        elif key not in drop:
+            if key == b"anthropic-version":
+                has_version = True
+            out.append((key.decode("latin-1"), value.decode("latin-1")))
+    if not has_version:
+        out.append(("anthropic-version", DEFAULT_VERSION))
+    return out, (",".join(betas) if betas else None), pinned
+
+
+def merge_beta(client: str | None, extra: str) -> str:
+    """The client's beta list with ``extra`` added once, order kept."""
+    if not client:
+        return extra
+    parts = [p.strip() for p in client.split(",") if p.strip()]
+    if extra not in parts:
+        parts.append(extra)
+    return ",".join(parts)
+
+
+def without_beta(client: str | None, name: str) -> str | None:
+    """The client's beta list without ``name`` (``None`` when nothing is left)."""
+    if not client or name not in client:
+        return client
+    parts = [p.strip() for p in client.split(",") if p.strip() and p.strip() != name]
+    return ",".join(parts) or None
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Filter upstream response headers for the client (lower-case names for ASGI)."""
+    # One pass on the hot path; the rare Connection-named headers get a second one.
+    out: list[tuple[bytes, bytes]] = []
+    named: frozenset[bytes] = frozenset()
+    for key, value in raw:
+        key = key.lower()
+        if key not in _RESPONSE_DROP:
+            out.append((key, value))
+        elif key == b"connection":
+            named |= _connection_named(((key, value),))
+    return [(k, v) for k, v in out if k not in named] if named else out

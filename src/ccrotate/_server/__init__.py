@@ -1,0 +1,1 @@
+"""Composition: settings, the ``Rotator`` that owns every part, the reference app."""
