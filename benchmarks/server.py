@@ -15,10 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccrotate import Account, AccountKind, AccountPool, Secret
+from ccrotate import Account, AccountKind, AccountPool, AiohttpUpstream, Secret, Timeouts
 from ccrotate._server.app import build_components, create_app
 from ccrotate._server.config import Settings
-from ccrotate._upstream.aiohttp_transport import Timeouts, Upstream
 
 KEYS = ("sk-ant-api03-bench-key-aaaa", "sk-ant-api03-bench-key-bbbb",
         "sk-ant-api03-bench-key-cccc")
@@ -37,7 +36,7 @@ def configure(upstream: str) -> object:
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
     proxy = components.proxy
-    proxy.upstream = Upstream(settings.upstream_url, timeouts=Timeouts(
+    proxy.upstream = AiohttpUpstream(timeouts=Timeouts(
         connect=settings.connect_timeout, read=settings.read_timeout, pool_size=4096))
 
     async def reset(request: Request) -> Response:

@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from ccrotate import AccountPool, Failover, RequestRecord, RotatingProxy
-from ccrotate._upstream.aiohttp_transport import UpstreamResponse
+from ccrotate._upstream.aiohttp_transport import _Response as UpstreamResponse
 from ccrotate.testing import (
     ApiError,
     CutStream,

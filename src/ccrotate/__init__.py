@@ -53,7 +53,8 @@ from ccrotate._server.app import Components, build_components, create_app
 from ccrotate._server.config import Settings, load_settings
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
-from ccrotate._upstream.aiohttp_transport import Timeouts
+from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
+from ccrotate._upstream.base import Timeouts, Upstream, UpstreamResponse
 from ccrotate._version import __version__
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "AccountsFile",
     "AccountsFileError",
     "AccountsWatcher",
+    "AiohttpUpstream",
     "CCRotateError",
     "Candidate",
     "ClientAuth",
@@ -115,9 +117,11 @@ __all__ = [
     "TranslatedRequest",
     "TranslationError",
     "UnknownAccount",
+    "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamResponse",
     "UpstreamTimeout",
     "WindowQuota",
     "__version__",

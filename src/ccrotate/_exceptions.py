@@ -15,8 +15,8 @@
     └── TranslationError            an OpenAI request that has no Messages API equivalent
 
 Errors from httpx and aiohttp are mapped to ``UpstreamError`` subclasses at the
-boundary (``_upstream.py``), so none of theirs leaks to callers. No message in
-this tree ever contains a credential.
+boundary (each transport in ``_upstream``), keeping theirs as ``__cause__``, so none
+of theirs leaks to callers. No message in this tree ever contains a credential.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class CCRotateError(Exception):
     """Base class of every error ccrotate raises."""
 
 
-class ConfigError(CCRotateError):
+class ConfigError(CCRotateError, ValueError):
     """A setting has a bad value; the message names the setting and where it came from."""
 
 

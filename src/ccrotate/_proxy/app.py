@@ -40,7 +40,8 @@ from ccrotate._pool.strategy import SelectionContext
 from ccrotate._proxy.attempts import Attempt, Failed, LoopConfig, Refresher, Won, run_attempts
 from ccrotate._proxy.headers import request_headers, response_headers
 from ccrotate._proxy.record import Observer, RequestRecord, apply_usage
-from ccrotate._upstream.aiohttp_transport import Timeouts, Upstream
+from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
+from ccrotate._upstream.base import Timeouts, Upstream
 from ccrotate._wire import (
     CLAUDE_CODE_IDENTITY,
     error_event,
@@ -121,12 +122,13 @@ class RotatingProxy:
                  upstream: Upstream | None = None) -> None:
         self.pool = pool
         self.config = config = config or ProxyConfig()
-        self.upstream = upstream or Upstream(config.upstream_url, timeouts=config.timeouts)
+        self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=config.timeouts)
         self.refresher = refresher
         self.authenticate = authenticate
         self.observers = list(observers)
         self.openai = openai
-        self.loop_config = LoopConfig(max_attempts=config.max_attempts,
+        self.loop_config = LoopConfig(base_url=config.upstream_url.rstrip("/"),
+                                      max_attempts=config.max_attempts,
                                 backoff_base=config.backoff_base,
                                 backoff_cap=config.backoff_cap)
         self._identity = config.identity if config.inject_identity else None

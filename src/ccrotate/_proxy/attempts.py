@@ -31,7 +31,7 @@ from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.strategy import SelectionContext
 from ccrotate._proxy.headers import OAUTH_BETA, merge_beta, response_headers, without_beta
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
-from ccrotate._upstream.aiohttp_transport import Upstream, UpstreamResponse
+from ccrotate._upstream.base import Upstream, UpstreamResponse
 from ccrotate._wire import (
     SPEND_CAP,
     STATUS_OF_ERROR,
@@ -143,6 +143,7 @@ class Failed:
 class LoopConfig:
     """Knobs of the failover loop."""
 
+    base_url: str = "https://api.anthropic.com"
     max_attempts: int = 4
     backoff_base: float = 0.05
     backoff_cap: float = 1.0
@@ -291,7 +292,8 @@ async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: R
             return "connection", Failed.of(502, "api_error", "ccrotate: account was removed")
     sent = time.perf_counter()
     try:
-        resp = await upstream.send(attempt.method, attempt.path, attempt.headers_for(account),
+        resp = await upstream.send(attempt.method, config.base_url + attempt.path,
+                                   attempt.headers_for(account),
                                    attempt.body_for(account))
     except UpstreamError as exc:
         return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")

@@ -32,7 +32,7 @@ from ccrotate._proxy.record import Observer
 from ccrotate._server.config import Settings
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
-from ccrotate._upstream.aiohttp_transport import Timeouts
+from ccrotate._upstream.base import Timeouts
 
 __all__ = ["Components", "Service", "build_components", "create_app", "is_loopback"]
 

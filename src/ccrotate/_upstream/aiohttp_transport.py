@@ -1,10 +1,10 @@
-"""The upstream HTTP client: one pooled aiohttp session per app, errors mapped to ccrotate's.
+"""The default upstream transport: one pooled aiohttp session, errors mapped to ccrotate's.
 
 aiohttp rather than httpx on this path because the proxy's cost is dominated by
 the client's connection pool under concurrency (httpcore's is an order of
 magnitude slower; see docs/benchmarks.md). Nothing from aiohttp escapes this
 module: exceptions become :class:`~ccrotate.UpstreamError` subclasses and
-responses are wrapped in :class:`UpstreamResponse`.
+responses implement :class:`~ccrotate._upstream.base.UpstreamResponse`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -23,24 +22,15 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts
 
 if TYPE_CHECKING:
     import aiohttp
     from multidict import CIMultiDictProxy
 
-__all__ = ["Timeouts", "Upstream", "UpstreamResponse"]
+__all__ = ["AiohttpUpstream"]
 
 _NO_AGENT = ("User-Agent",)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timeouts:
-    """Upstream timeouts in seconds. ``read`` is the longest silence between two chunks."""
-
-    connect: float = 10.0
-    read: float = 600.0
-    pool_size: int = 512
-    """Most concurrent upstream connections (aiohttp's ``limit``)."""
 
 
 def _map(exc: BaseException) -> UpstreamError:
@@ -65,8 +55,8 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
-class UpstreamResponse:
-    """One upstream response. Always closed by its owner: :meth:`aclose` is idempotent."""
+class _Response:
+    """One aiohttp response as an :class:`UpstreamResponse`; :meth:`aclose` is idempotent."""
 
     __slots__ = ("_closed", "_resp", "headers", "raw_headers", "status")
 
@@ -87,7 +77,7 @@ class UpstreamResponse:
         """The upstream ``content-encoding``; the raw bytes are passed on still encoded."""
         return self.headers.get("content-encoding")
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+    async def read(self, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
         """The whole (raw) body. Raises :class:`UpstreamProtocolError` past ``limit`` bytes."""
         # The same loop as chunks(), minus an async generator per response.
         content = self._resp.content
@@ -100,7 +90,7 @@ class UpstreamResponse:
                     raise UpstreamProtocolError("upstream body larger than the proxy accepts")
                 parts.append(chunk)
         except _errors() as exc:
-            raise _map(exc) from None
+            raise _map(exc) from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -113,7 +103,7 @@ class UpstreamResponse:
                     return
                 yield chunk
         except _errors() as exc:
-            raise _map(exc) from None
+            raise _map(exc) from exc
 
     async def aclose(self) -> None:
         """Release the connection (back to the pool if the body was read, else dropped)."""
@@ -128,16 +118,19 @@ class UpstreamResponse:
             self._resp.close()
 
 
-class Upstream:
-    """A pooled client to the Messages API host. Open with ``async with`` (or :meth:`start`).
+class AiohttpUpstream:
+    """The default transport: a pooled ``aiohttp`` client (the fastest measured).
 
-    The session is created lazily on the first request too, so a proxy mounted
-    in an app that never runs lifespan still works; only closing then relies on
+    Parameters:
+        timeouts: connect and read timeouts, and the pool size.
+
+    Open with ``async with`` or :meth:`start` (a :class:`~ccrotate.Rotator` does it
+    in its lifespan). The session is also created lazily on the first request, so
+    a proxy whose lifespan never ran still answers; only closing then relies on
     the process ending.
     """
 
-    def __init__(self, base_url: str, *, timeouts: Timeouts | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, *, timeouts: Timeouts | None = None) -> None:
         self.timeouts = timeouts or Timeouts()
         self._session: aiohttp.ClientSession | None = None
 
@@ -166,25 +159,27 @@ class Upstream:
                 await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> Upstream:
+    async def __aenter__(self) -> AiohttpUpstream:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def send(self, method: str, path: str, headers: Sequence[tuple[str, str]],
-                   body: bytes | None) -> UpstreamResponse:
+    async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]],
+                   body: bytes | None) -> _Response:
         """Send one request and return once the response head has arrived."""
         if self._session is None or self._session.closed:
             await self.start()
-        assert self._session is not None
+        session = self._session
+        if session is None:  # pragma: no cover - start() always sets it
+            raise UpstreamConnectError("upstream session could not be opened")
         # The client's own User-Agent is forwarded; aiohttp's is never added.
         skip = None if any(k.lower() == "user-agent" for k, _ in headers) else _NO_AGENT
         try:
-            resp = await self._session.request(
-                method, self.base_url + path, headers=headers, data=body,
+            resp = await session.request(
+                method, url, headers=headers, data=body,
                 allow_redirects=False, compress=None, skip_auto_headers=skip)
         except _errors() as exc:
-            raise _map(exc) from None
-        return UpstreamResponse(resp)
+            raise _map(exc) from exc
+        return _Response(resp)
