@@ -1,4 +1,4 @@
-"""ccrotate's reference server as the benchmark runs it: ``create_app`` with three API-key
+"""ccrotate's reference server as the benchmark runs it: a ``Rotator`` with three API-key
 accounts in front of the bench upstream, client auth on, served like ``ccrotate serve``.
 
 One addition for the harness, outside the proxy: ``POST /bench/reset`` swaps in a fresh
@@ -10,14 +10,18 @@ Run: ``python benchmarks/server.py --upstream URL``.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
-from ccrotate import Account, AccountKind, AccountPool, AiohttpUpstream, Secret, Timeouts
-from ccrotate._server.app import build_components, create_app
-from ccrotate._server.config import Settings
+from ccrotate import (
+    Account,
+    AccountKind,
+    AccountPool,
+    AiohttpUpstream,
+    Rotator,
+    Secret,
+    Settings,
+    Timeouts,
+)
 
 KEYS = ("sk-ant-api03-bench-key-aaaa", "sk-ant-api03-bench-key-bbbb",
         "sk-ant-api03-bench-key-cccc")
@@ -32,19 +36,22 @@ def accounts() -> list[Account]:
 
 def configure(upstream: str) -> object:
     settings = Settings(upstream_url=upstream, auth_tokens=(CLIENT_KEY,), hot_reload=False)
-    components = build_components(settings, pool=AccountPool(accounts()))
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
-    proxy = components.proxy
-    proxy.upstream = AiohttpUpstream(timeouts=Timeouts(
-        connect=settings.connect_timeout, read=settings.read_timeout, pool_size=4096))
+    rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=AiohttpUpstream(
+        timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout,
+                          pool_size=4096)))
+    app = rotator.app
 
-    async def reset(request: Request) -> Response:
-        components.proxy.pool = AccountPool(accounts())
-        return Response(status_code=204)
+    async def bench(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/bench/reset":
+            rotator.proxy.pool = AccountPool(accounts())
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await app(scope, receive, send)
 
-    components.routes.append(Route("/bench/reset", reset, methods=["POST"]))
-    return create_app(components=components)
+    return bench
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Access control and request hygiene of the reference server, end to end.
 
-The full app from ``create_app(components=...)`` runs in front of the fake upstream
+The full app from ``Rotator(...).app`` runs in front of the fake upstream
 (served on loopback). Requests go in through ``httpx.ASGITransport`` (non-streaming
 routes only) or, for raw request lines httpx would normalise, through a real socket.
 Every refusal is checked on three sides: the answer, the fake upstream (which must
@@ -23,10 +23,18 @@ import httpx
 import msgspec
 import pytest
 
-from ccrotate import Account, AccountKind, AccountPool, AccountState, ConfigError, Secret, Settings
+from ccrotate import (
+    Account,
+    AccountKind,
+    AccountPool,
+    AccountState,
+    ConfigError,
+    Rotator,
+    Secret,
+    Settings,
+)
 from ccrotate._cli.serve import check_bind, run_server
 from ccrotate._proxy.auth import ClientAuth
-from ccrotate._server.app import build_components, create_app
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
 
 API_KEY = "sk-ant-api03-ALPHAsecretKEY-zq81"
@@ -73,15 +81,15 @@ def upstream(fake_upstream: FakeUpstream) -> Iterator[ServerHandle[FakeUpstream]
 @contextlib.asynccontextmanager
 async def reference(upstream: ServerHandle[FakeUpstream], *, peer: str = "127.0.0.1",
                     **settings: Any) -> AsyncIterator[Server]:
-    """The reference app over ASGITransport, its proxy started (no lifespan there)."""
+    """The reference app over ASGITransport, its rotator started (no lifespan there)."""
     options: dict[str, Any] = {"auth_tokens": (CLIENT,), "admin_token": ADMIN,
                                "oauth_token_url": upstream.url + "/v1/oauth/token", **settings}
     pool = AccountPool(accounts())
-    components = build_components(Settings(upstream_url=upstream.url, **options), pool=pool)
-    app = create_app(components=components)
+    rotator = Rotator(Settings(upstream_url=upstream.url, **options), pool=pool)
+    app = rotator.app
     transport = httpx.ASGITransport(app=app, client=(peer, 40000))
-    async with components.proxy, httpx.AsyncClient(transport=transport,
-                                                   base_url="http://ccrotate.test") as client:
+    async with rotator, httpx.AsyncClient(transport=transport,
+                                          base_url="http://ccrotate.test") as client:
         yield Server(app, pool, upstream.app, client)
 
 
@@ -344,7 +352,7 @@ def test_path_tricks_get_404_and_never_reach_upstream(
     pool = AccountPool(accounts())
     settings = Settings(upstream_url=upstream.url, auth_tokens=(CLIENT,),
                         oauth_token_url=upstream.url + "/v1/oauth/token")
-    app = create_app(components=build_components(settings, pool=pool))
+    app = Rotator(settings, pool=pool).app
     body = msgspec.json.encode(BODY)
     with serve_app(app) as served:
         for method, target in PATH_TRICKS:

@@ -15,13 +15,12 @@ import anyio
 import httpx
 import pytest
 
-from ccrotate import AccountPool, ConfigError, RequestRecord, Settings
+from ccrotate import AccountPool, ConfigError, RequestRecord, Rotator, Settings
 from ccrotate._observe.accesslog import AccessLog, LoggingSink
 from ccrotate._observe.entries import COLUMNS, LogFilter
 from ccrotate._observe.logstore import DuckDBLogStore, MemoryLogStore
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._proxy.record import Failover
-from ccrotate._server.app import build_components
 from ccrotate.testing import RateLimited, Reply
 from conftest import HELLO, KEY_A, KEY_C, MODEL, TOKEN_B, Stack
 
@@ -311,17 +310,16 @@ def test_duckdb_path_without_duckdb_is_a_config_error(
     """Asking for a DuckDB log without the extra fails at build time with the install hint."""
     monkeypatch.setitem(sys.modules, "duckdb", None)
     with pytest.raises(ConfigError, match=r"ccrotate\[duckdb\]"):
-        build_components(Settings(access_log_path=tmp_path / "a.duckdb"), pool=pool)
+        Rotator(Settings(access_log_path=tmp_path / "a.duckdb"), pool=pool)
 
 
 def test_reference_server_wires_the_log(tmp_path: Path, pool: AccountPool) -> None:
-    """build_components adds the access log as observer and service, DuckDB when configured."""
-    plain = build_components(Settings(), pool=pool)
-    access = plain.extras["access_log"]
-    assert access in plain.observers
+    """The rotator adds the access log as observer and service, DuckDB when configured."""
+    plain = Rotator(Settings(), pool=pool)
+    access = plain.access_log
+    assert access in plain.proxy.observers
     assert access in plain.services
     assert isinstance(access.store, MemoryLogStore)
     pytest.importorskip("duckdb")
-    configured = build_components(Settings(access_log_path=tmp_path / "a.duckdb"),
-                                  pool=AccountPool())
-    assert isinstance(configured.extras["access_log"].store, DuckDBLogStore)
+    configured = Rotator(Settings(access_log_path=tmp_path / "a.duckdb"), pool=AccountPool())
+    assert isinstance(configured.access_log.store, DuckDBLogStore)

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-import ccrotate._server.config as config
 from ccrotate._exceptions import ConfigError
 from ccrotate._server.config import FIELDS, FieldSpec, Settings, load_settings
 
@@ -202,11 +201,11 @@ def test_numbers_and_choices() -> None:
     assert isinstance(s.refresh_buffer, float)
 
 
-def test_strategies_can_be_extended(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "expected one of 'round_robin', got 'least_used'" in error_of(
+def test_strategy_names_the_pools_strategies() -> None:
+    """The setting accepts exactly the strategies the pool has, and says which."""
+    assert "expected one of 'round_robin', 'first_available', got 'least_used'" in error_of(
         env={"CCROTATE_STRATEGY": "least_used"})
-    monkeypatch.setattr(config, "STRATEGIES", (*config.STRATEGIES, "least_used"))
-    assert load(env={"CCROTATE_STRATEGY": "least_used"}).strategy == "least_used"
+    assert load(env={"CCROTATE_STRATEGY": "first_available"}).strategy == "first_available"
 
 
 def test_urls() -> None:
@@ -282,7 +281,8 @@ def test_tilde_expansion(tmp_path: Path, isolated: Path) -> None:
     ("CCROTATE_OAUTH_TOKEN_URL", "example.com/token", "expected an http:// or https:// URL"),
     ("CCROTATE_OAUTH_AUTHORIZE_URL", "http://h:99999/", "expected an http:// or https:// URL"),
     ("CCROTATE_OAUTH_CLIENT_ID", "", "expected a non-empty string"),
-    ("CCROTATE_STRATEGY", "random", "expected one of 'round_robin', got 'random'"),
+    ("CCROTATE_STRATEGY", "random",
+     "expected one of 'round_robin', 'first_available', got 'random'"),
     ("CCROTATE_REFRESH_BUFFER", "-1", "expected a number of seconds >= 0, got '-1'"),
     ("CCROTATE_MAX_ATTEMPTS", "0", "expected an integer >= 1, got '0'"),
     ("CCROTATE_MAX_ATTEMPTS", "2.5", "expected an integer >= 1"),

@@ -28,8 +28,7 @@ import anyio
 import httpx
 import pytest
 
-from ccrotate import AccountPool, Settings
-from ccrotate._server.app import build_components, create_app
+from ccrotate import AccountPool, Rotator, Settings
 from ccrotate.testing import RateLimited, serve_app
 from conftest import CREDENTIALS, HELLO, MODEL, make_accounts
 
@@ -54,11 +53,12 @@ def find_chromium() -> str | None:
 
 async def test_page_is_self_contained_with_a_strict_policy(pool: AccountPool) -> None:
     """One HTML page, nothing fetched from elsewhere, scripts allowed only by this nonce."""
-    app = create_app(components=build_components(Settings(), pool=pool))
-    transport = httpx.ASGITransport(app=app, root_path="/team")
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    rotator = Rotator(Settings(), pool=pool)
+    transport = httpx.ASGITransport(app=rotator.app, root_path="/team")
+    async with rotator, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         r = await client.get("/dashboard")
-    assert r.status_code == 200
+        again = await client.get("/dashboard")
+    assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/html")
     policy = r.headers["content-security-policy"]
     nonce = re.search(r"'nonce-([^']+)'", policy)
@@ -77,8 +77,7 @@ async def test_page_is_self_contained_with_a_strict_policy(pool: AccountPool) ->
     assert config["status"] == "/team/status/"
     assert config["analytics"] == "/team/logs/analytics"
     assert config["interval"] == 2000
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        assert (await client.get("/dashboard")).headers["content-security-policy"] != policy
+    assert again.headers["content-security-policy"] != policy
 
 
 # -- the live page in Chromium ---------------------------------------------------------------
@@ -184,8 +183,8 @@ async def test_dashboard_shows_the_pool_and_follows_a_rate_limit(fake_upstream: 
         pytest.skip("no Chromium found (apt-get install chromium, or set CCROTATE_CHROMIUM)")
     pool = AccountPool(make_accounts())
     with serve_app(fake_upstream) as upstream:
-        components = build_components(Settings(upstream_url=upstream.url), pool=pool)
-        with serve_app(create_app(components=components), lifespan="on") as server:
+        rotator = Rotator(Settings(upstream_url=upstream.url), pool=pool)
+        with serve_app(rotator.app, lifespan="on") as server:
             async with chromium(binary) as page:
                 await page.call("Page.navigate", url=server.url + "/dashboard")
                 await page.until(f"{STATES} === JSON.stringify(["

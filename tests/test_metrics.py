@@ -9,10 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ccrotate import AccountPool, RequestRecord, Settings
+from ccrotate import AccountPool, RequestRecord, Rotator, Settings
 from ccrotate._observe.metrics import PrometheusMetrics
 from ccrotate._proxy.record import Failover
-from ccrotate._server.app import build_components, create_app
 from ccrotate.testing import Limits, Overloaded, RateLimited, Reply, StreamError
 from conftest import HELLO, KEY_A, KEY_C, MODEL, TOKEN_B, FakeClock, Stack
 
@@ -208,9 +207,9 @@ def test_works_with_the_users_own_registry(pool: AccountPool) -> None:
 async def test_metrics_route_in_the_reference_server(pool: AccountPool) -> None:
     """``GET /metrics`` serves the text format, guarded like the status API's reads."""
     settings = Settings(auth_tokens=("client-key-0123456789",))
-    app = create_app(components=build_components(settings, pool=pool))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    rotator = Rotator(settings, pool=pool)
+    transport = httpx.ASGITransport(app=rotator.app)
+    async with rotator, httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         refused = await client.get("/metrics")
         assert refused.status_code == 401
         r = await client.get("/metrics", headers={"authorization": "Bearer client-key-0123456789"})
@@ -223,7 +222,7 @@ async def test_metrics_route_in_the_reference_server(pool: AccountPool) -> None:
         assert om.headers["content-type"].startswith("application/openmetrics-text")
         assert om.text.endswith("# EOF\n")
         assert "client-key" not in r.text
-    assert isinstance(app.state.ccrotate.extras["metrics"], PrometheusMetrics)
+    assert isinstance(rotator.metrics, PrometheusMetrics)
 
 
 def test_sdk_style_keys_never_become_labels(served: tuple[Stack, PrometheusMetrics]) -> None:
@@ -254,12 +253,12 @@ async def test_token_refreshes_reach_the_metrics(tmp_path: Any) -> None:
     with serve_app(fake) as upstream:
         settings = Settings(accounts_path=path, upstream_url=upstream.url,
                             oauth_token_url=upstream.url + "/v1/oauth/token", hot_reload=False)
-        c = build_components(settings, accounts_file=AccountsFile(path))
-        create_app(components=c)
-        metrics: PrometheusMetrics = c.extras["metrics"]
-        await c.extras["refresher"].refresh("ok")
+        c = Rotator(settings, accounts_file=AccountsFile(path))
+        metrics = c.metrics
+        assert metrics is not None
+        await c.refresher.refresh("ok", reason="test")
         with pytest.raises(InvalidGrant):
-            await c.extras["refresher"].refresh("gone")
+            await c.refresher.refresh("gone", reason="test")
     assert sample(metrics, "ccrotate_token_refreshes_total", account="ok", outcome="success") == 1
     assert sample(metrics, "ccrotate_token_refreshes_total", account="gone",
                   outcome="invalid_grant") == 1

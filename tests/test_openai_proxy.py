@@ -23,12 +23,19 @@ import anyio
 import openai
 import pytest
 
-from ccrotate import Account, AccountKind, AccountPool, AccountState, RotatingProxy, Secret
+from ccrotate import (
+    Account,
+    AccountKind,
+    AccountPool,
+    AccountState,
+    OpenAIRoute,
+    RotatingProxy,
+    Rotator,
+    Secret,
+)
 from ccrotate._pool.strategy import RoundRobin, SelectionContext
 from ccrotate._proxy.auth import ClientAuth
-from ccrotate._proxy.openai_route import OpenAIRoute
 from ccrotate._proxy.record import Failover, RequestRecord
-from ccrotate._server.app import build_components, create_app
 from ccrotate._server.config import Settings
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._wire import CLAUDE_CODE_IDENTITY
@@ -831,7 +838,7 @@ def test_reference_server_serves_the_openai_route_under_api(
     settings = Settings(upstream_url=upstream_server.url,
                         model_aliases={"fast": "claude-haiku-4-5"})
     pool = AccountPool(make_accounts(), clock=clock)
-    app = create_app(components=build_components(settings, pool=pool))
+    app = Rotator(settings, pool=pool).app
     with serve_app(app) as server:
         client = openai.OpenAI(base_url=server.url + "/api/v1", api_key="k", max_retries=0)
         out = client.chat.completions.create(model="fast", messages=USER)

@@ -17,8 +17,8 @@ import httpx
 import msgspec
 import pytest
 
-from ccrotate._proxy.headers import merge_beta, request_headers, response_headers
-from ccrotate._wire import SSEScanner, inject_identity, needs_identity, peek_request
+from ccrotate._proxy.headers import request_headers, response_headers
+from ccrotate._wire import SSEScanner, inject_identity, merge_beta, needs_identity, peek_request
 from ccrotate.testing import Reply, serve_app
 from conftest import HELLO, KEY_A, MODEL, TOKEN_B, Stack
 

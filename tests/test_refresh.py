@@ -21,11 +21,12 @@ from ccrotate import (
     AccountsFile,
     AccountState,
     InvalidGrant,
+    ProxyConfig,
     RefreshError,
+    RotatingProxy,
     Secret,
     Settings,
 )
-from ccrotate._proxy.app import ProxyConfig, RotatingProxy
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate.testing import FakeUpstream, ServerHandle, TokenError, TokenReply

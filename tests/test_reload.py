@@ -17,10 +17,10 @@ from ccrotate import (
     AccountPool,
     AccountsFile,
     AccountState,
+    Rotator,
     Secret,
     Settings,
 )
-from ccrotate._server.app import build_components
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 
@@ -147,21 +147,21 @@ async def test_own_write_backs_do_not_reload(tmp_path: Path, httpx_mock: HTTPXMo
 
 
 def test_the_server_wires_refresher_and_watcher(tmp_path: Path) -> None:
-    """build_components: the proxy uses the refresher; hot_reload adds the watcher service."""
+    """The rotator: the proxy uses the refresher; hot_reload adds the watcher service."""
     path = tmp_path / "accounts.json"
     path.write_text(doc(k=key(1)))
-    on = build_components(Settings(accounts_path=path, refresh_buffer=120))
-    refresher = on.extras["refresher"]
+    on = Rotator(Settings(accounts_path=path, refresh_buffer=120))
+    refresher = on.refresher
     assert isinstance(refresher, TokenRefresher)
     assert refresher.refresh_buffer == 120
     assert on.proxy.refresher is refresher
-    watcher = on.extras["watcher"]
+    watcher = on.watcher
     assert isinstance(watcher, AccountsWatcher)
     assert watcher.refresher is refresher
     assert refresher in on.services
     assert watcher in on.services
-    off = build_components(Settings(accounts_path=path, hot_reload=False))
-    assert "watcher" not in off.extras
+    off = Rotator(Settings(accounts_path=path, hot_reload=False))
+    assert off.watcher is None
     assert not any(isinstance(s, AccountsWatcher) for s in off.services)
 
 
@@ -187,10 +187,9 @@ async def test_a_new_login_in_the_file_repairs_an_auth_error(
 
 def test_the_served_app_refreshes_and_reloads_in_its_lifespan(
         tmp_path: Path, fake_upstream_server: Any) -> None:
-    """create_app under uvicorn: a due token is refreshed and saved, a file edit is applied."""
+    """The rotator under uvicorn: a due token is refreshed and saved, a file edit is applied."""
     import httpx
 
-    from ccrotate import create_app
     from ccrotate.testing import serve_app
 
     fake = fake_upstream_server.app
@@ -200,9 +199,10 @@ def test_the_served_app_refreshes_and_reloads_in_its_lifespan(
     path.write_text(doc(sub=due))
     settings = Settings(accounts_path=path, upstream_url=fake_upstream_server.url,
                         oauth_token_url=fake_upstream_server.url + "/v1/oauth/token")
-    components = build_components(settings)
-    components.extras["watcher"].interval = 0.02
-    with serve_app(create_app(components=components), lifespan="on") as server:
+    components = Rotator(settings)
+    assert components.watcher is not None
+    components.watcher.interval = 0.02
+    with serve_app(components.app, lifespan="on") as server:
         deadline = time.monotonic() + 5
         while fake.oauth.refresh_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)

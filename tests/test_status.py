@@ -8,6 +8,7 @@ test_access_control.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator
@@ -29,11 +30,11 @@ from ccrotate import (
     AccountState,
     InvalidGrant,
     RefreshError,
+    Rotator,
     Secret,
     Settings,
 )
 from ccrotate._observe.status import StatusMount, status_app
-from ccrotate._server.app import Components, build_components, create_app
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
 
@@ -73,22 +74,25 @@ def pool() -> AccountPool:
     return AccountPool(accounts(), clock=lambda: T)
 
 
-def components_for(pool: AccountPool, accounts_file: AccountsFile | None = None,
-                   **settings: Any) -> Components:
+def components_for(pool: AccountPool, accounts_file: AccountsFile | None = None, *,
+                   refresher: Any = None, **settings: Any) -> Rotator:
     # Nothing here may reach a real host: a closed loopback port for both URLs.
     dead = "http://127.0.0.1:9"
     options = {"upstream_url": dead, "oauth_token_url": dead + "/v1/oauth/token", **settings}
-    return build_components(Settings(**options), pool=pool, accounts_file=accounts_file)
+    return Rotator(Settings(**options), pool=pool, accounts_file=accounts_file,
+                   refresher=refresher)
 
 
-async def client_for(components: Components) -> httpx.AsyncClient:
-    app = create_app(components=components)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+@contextlib.asynccontextmanager
+async def client_for(rotator: Rotator) -> AsyncIterator[httpx.AsyncClient]:
+    async with rotator, httpx.AsyncClient(transport=httpx.ASGITransport(app=rotator.app),
+                                          base_url="http://t") as client:
+        yield client
 
 
 @pytest.fixture
 async def client(pool: AccountPool) -> AsyncIterator[httpx.AsyncClient]:
-    async with await client_for(components_for(pool)) as c:
+    async with client_for(components_for(pool)) as c:
         yield c
 
 
@@ -163,11 +167,14 @@ async def test_bare_and_slashed_status_paths_answer_without_redirect(
     assert bare.json() == slashed.json()
 
 
-async def test_reload_error_is_shown(pool: AccountPool) -> None:
-    """The reference server shows extras["reload_error"]() as reloadError."""
-    components = components_for(pool)
-    components.extras["reload_error"] = lambda: "accounts.json: account 'x': bad apiKey"
-    async with await client_for(components) as c:
+async def test_reload_error_is_shown(tmp_path: Path) -> None:
+    """The reference server shows the watcher's last error as reloadError."""
+    write_accounts(tmp_path / "accounts.json", {"alpha": {"apiKey": KEY_ALPHA}})
+    file = AccountsFile(tmp_path / "accounts.json")
+    components = components_for(AccountPool(file.load()), file, hot_reload=True)
+    async with client_for(components) as c:
+        assert components.watcher is not None
+        components.watcher.last_error = "accounts.json: account 'x': bad apiKey"
         body = (await c.get("/status")).json()
     assert body["reloadError"] == "accounts.json: account 'x': bad apiKey"
 
@@ -309,7 +316,7 @@ async def test_actions_are_logged_with_the_peer_not_the_key(
         pool: AccountPool, caplog: pytest.LogCaptureFixture) -> None:
     """Each action leaves an INFO line naming the action, account and peer address, no key."""
     admin = "adm-STATUSaudit-q5r6"
-    async with await client_for(components_for(pool, admin_token=admin)) as c:
+    async with client_for(components_for(pool, admin_token=admin)) as c:
         caplog.set_level(logging.INFO, logger="ccrotate.status")
         await c.post("/status/accounts/alpha/disable", headers={"x-api-key": admin})
     assert "disable of account 'alpha' requested by 127.0.0.1" in caplog.text
@@ -337,9 +344,9 @@ async def test_admin_choice_survives_reloads_of_the_accounts_file(tmp_path: Path
     file = AccountsFile(path)
     pool = AccountPool(file.load(), clock=lambda: T)
     components = components_for(pool, file, hot_reload=True)
-    watcher = components.extras["watcher"]
+    watcher = components.watcher
     await watcher.check()
-    async with await client_for(components) as c:
+    async with client_for(components) as c:
         assert (await c.get("/status/accounts/delta")).json()["state"] == "disabled"
         await c.post("/status/accounts/alpha/disable")
         await c.post("/status/accounts/delta/enable")
@@ -363,11 +370,11 @@ async def test_a_broken_accounts_file_shows_as_reload_error(tmp_path: Path) -> N
     file = AccountsFile(path)
     pool = AccountPool(file.load(), clock=lambda: T)
     components = components_for(pool, file, hot_reload=True)
-    watcher = components.extras["watcher"]
+    watcher = components.watcher
     await watcher.check()
     path.write_text('{"version": 1, "accounts": {"alpha": {"apiKey": 12345678901}}}')
     await watcher.check()
-    async with await client_for(components) as c:
+    async with client_for(components) as c:
         response = await c.get("/status")
     error = response.json()["reloadError"]
     assert error is not None
@@ -379,11 +386,10 @@ async def test_a_broken_accounts_file_shows_as_reload_error(tmp_path: Path) -> N
 # -- refresh --------------------------------------------------------------------------------
 
 async def test_refresh_answers_the_new_expiry_never_the_token(pool: AccountPool) -> None:
-    """A forced refresh goes through extras["refresher"] and answers the new expiry only."""
-    components = components_for(pool)
+    """A forced refresh goes through the rotator's refresher and answers the new expiry only."""
     refresher = StubRefresher(pool)
-    components.extras["refresher"] = refresher
-    async with await client_for(components) as c:
+    components = components_for(pool, refresher=refresher)
+    async with client_for(components) as c:
         response = await c.post("/status/accounts/beta/refresh")
     assert response.status_code == 200
     body = response.json()
@@ -398,10 +404,9 @@ async def test_refresh_answers_the_new_expiry_never_the_token(pool: AccountPool)
 
 async def test_refresh_of_an_api_key_account_is_409(pool: AccountPool) -> None:
     """An API-key account has nothing to refresh: 409, and the refresher is not called."""
-    components = components_for(pool)
     refresher = StubRefresher(pool)
-    components.extras["refresher"] = refresher
-    async with await client_for(components) as c:
+    components = components_for(pool, refresher=refresher)
+    async with client_for(components) as c:
         response = await c.post("/status/accounts/alpha/refresh")
     assert response.status_code == 409
     assert "not an OAuth account" in response.json()["error"]["message"]
@@ -410,10 +415,9 @@ async def test_refresh_of_an_api_key_account_is_409(pool: AccountPool) -> None:
 
 async def test_refresh_without_a_refresher_is_501(pool: AccountPool) -> None:
     """With no refresher wired the route says refresh is unavailable, as JSON."""
-    components = components_for(pool)
-    components.extras.pop("refresher", None)
-    components.proxy.refresher = None
-    async with await client_for(components) as c:
+    app = StatusMount("/status", status_app(pool))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=[app])),
+                                 base_url="http://t") as c:
         response = await c.post("/status/accounts/beta/refresh")
     assert response.status_code == 501
     assert response.json()["error"]["type"] == "refresh_unavailable"
@@ -426,9 +430,8 @@ async def test_refresh_without_a_refresher_is_501(pool: AccountPool) -> None:
 async def test_refresh_failures_are_reported_masked(pool: AccountPool, error: Exception,
                                                    status: int, type_: str) -> None:
     """A dead grant is 409, any other refresh failure 502; tokens in the message are masked."""
-    components = components_for(pool)
-    components.extras["refresher"] = StubRefresher(pool, error)
-    async with await client_for(components) as c:
+    components = components_for(pool, refresher=StubRefresher(pool, error))
+    async with client_for(components) as c:
         response = await c.post("/status/accounts/beta/refresh")
     assert response.status_code == status
     assert response.json()["error"]["type"] == type_
@@ -449,9 +452,8 @@ async def test_refresh_with_the_real_refresher_against_the_fake_oauth(
     fake.oauth.add_refresh_token(REFRESH_BETA)
     refresher = TokenRefresher(pool, None, token_url=oauth_upstream.url + "/v1/oauth/token",
                                client_id=Settings().oauth_client_id, clock=lambda: T)
-    components = components_for(pool)
-    components.extras["refresher"] = refresher
-    async with await client_for(components) as c:
+    components = components_for(pool, refresher=refresher)
+    async with client_for(components) as c:
         response = await c.post("/status/accounts/beta/refresh")
         again = await c.post("/status/accounts/beta/refresh")  # the old grant is gone now
     assert response.status_code == 200, response.text
@@ -508,7 +510,7 @@ async def test_health_is_503_without_retry_after_when_nothing_comes_back(
     assert "retry-after" not in response.headers
     assert response.json()["retryAfter"] is None
     empty = AccountPool([], clock=lambda: T)
-    async with await client_for(components_for(empty)) as c:
+    async with client_for(components_for(empty)) as c:
         assert (await c.get("/health")).status_code == 503
 
 

@@ -47,10 +47,11 @@ from ccrotate._pool.strategy import (
 from ccrotate._proxy.app import ProxyConfig, RotatingProxy, RotationMiddleware
 from ccrotate._proxy.auth import ClientAuth
 from ccrotate._proxy.dialects.openai import OpenAITranslator, StreamTranslator, TranslatedRequest
-from ccrotate._proxy.openai_route import OpenAIRoute
+from ccrotate._proxy.dialects.openai.route import OpenAIRoute
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
-from ccrotate._server.app import Components, build_components, create_app
+from ccrotate._server.app import create_app
 from ccrotate._server.config import Settings, load_settings
+from ccrotate._server.rotator import Rotator
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
@@ -73,7 +74,6 @@ __all__ = [
     "CCRotateError",
     "Candidate",
     "ClientAuth",
-    "Components",
     "ConfigError",
     "DuckDBLogStore",
     "Event",
@@ -104,6 +104,7 @@ __all__ = [
     "RequestRecord",
     "RotatingProxy",
     "RotationMiddleware",
+    "Rotator",
     "RoundRobin",
     "Secret",
     "SelectionContext",
@@ -125,7 +126,6 @@ __all__ = [
     "UpstreamTimeout",
     "WindowQuota",
     "__version__",
-    "build_components",
     "create_app",
     "discover_accounts_file",
     "health_endpoint",

@@ -23,8 +23,10 @@ __all__ = [
     "error_body",
     "error_event",
     "inject_identity",
+    "merge_beta",
     "needs_identity",
     "parse_error",
+    "without_beta",
 ]
 
 OAUTH_BETA = "oauth-2025-04-20"
@@ -309,3 +311,21 @@ def _merge_usage(into: Usage, new: Usage) -> None:
         into.cache_creation_input_tokens = new.cache_creation_input_tokens
     if new.cache_read_input_tokens is not None:
         into.cache_read_input_tokens = new.cache_read_input_tokens
+
+
+def merge_beta(client: str | None, extra: str) -> str:
+    """The client's beta list with ``extra`` added once, order kept."""
+    if not client:
+        return extra
+    parts = [p.strip() for p in client.split(",") if p.strip()]
+    if extra not in parts:
+        parts.append(extra)
+    return ",".join(parts)
+
+
+def without_beta(client: str | None, name: str) -> str | None:
+    """The client's beta list without ``name`` (``None`` when nothing is left)."""
+    if not client or name not in client:
+        return client
+    parts = [p.strip() for p in client.split(",") if p.strip() and p.strip() != name]
+    return ",".join(parts) or None

@@ -42,7 +42,7 @@ FILE_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 # Keys ccrotate owns inside one account object; everything else is the user's and is kept.
 _KNOWN = frozenset({"accessToken", "refreshToken", "expiresAt", "apiKey", "weight",
-                    "priority", "disabled"})
+                    "priority", "disabled", "baseUrl"})
 _CLI_KEY = "claudeAiOauth"
 CLI_ACCOUNT_NAME = "default"
 
@@ -257,17 +257,24 @@ def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
     disabled = entry.get("disabled", False)
     if not isinstance(disabled, bool):
         raise AccountsFileError(where, "must be true or false", account=name, field="disabled")
+    base_url = entry.get("baseUrl")
+    if base_url is not None and not (isinstance(base_url, str)
+                                     and base_url.startswith(("http://", "https://"))):
+        raise AccountsFileError(where, "must be an http:// or https:// URL", account=name,
+                                field="baseUrl")
     if "apiKey" in entry:
         if "accessToken" in entry:
             raise AccountsFileError(where, "has both apiKey and accessToken; keep one",
                                     account=name, field="apiKey")
         key = _token(where, name, entry, "apiKey")
         return Account(name=name, kind=AccountKind.API_KEY, api_key=Secret(key),
-                       weight=weight, priority=priority, disabled=disabled, extra=extra)
+                       weight=weight, priority=priority, disabled=disabled,
+                       base_url=base_url, extra=extra)
     acc = _parse_oauth(where, name, entry)
     return Account(name=name, kind=AccountKind.OAUTH, access_token=acc.access_token,
                    refresh_token=acc.refresh_token, expires_at=acc.expires_at,
-                   weight=weight, priority=priority, disabled=disabled, extra=extra)
+                   weight=weight, priority=priority, disabled=disabled,
+                   base_url=base_url, extra=extra)
 
 
 def _parse_oauth(where: str, name: str, entry: dict[str, Any]) -> Account:
@@ -324,6 +331,8 @@ def _serialise(acc: Account) -> dict[str, Any]:
         out["priority"] = acc.priority
     if acc.disabled:
         out["disabled"] = True
+    if acc.base_url:
+        out["baseUrl"] = acc.base_url
     return out
 
 

@@ -81,6 +81,8 @@ class Account:
     weight: int = 1
     priority: int = 0
     disabled: bool = False
+    base_url: str | None = None
+    """This account's own Messages API host (``baseUrl`` in the file), else the default."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

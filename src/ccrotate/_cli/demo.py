@@ -135,8 +135,8 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
 
     ``port=0`` serves on 8080 when it is free, else on any free port.
     """
-    from ccrotate._server.app import build_components, create_app
     from ccrotate._server.config import Settings
+    from ccrotate._server.rotator import Rotator
     from ccrotate.testing import FakeUpstream, serve_app
 
     fake = FakeUpstream()
@@ -147,8 +147,8 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
                             upstream_url=upstream.url,
                             oauth_token_url=upstream.url + "/v1/oauth/token",
                             credentials_path=folder / "none.json", port=port or 8080)
-        components = build_components(settings)
-        app = create_app(components=components)
+        rotator = Rotator(settings)
+        app = rotator.app
         if port == 0 and _port_free(DEFAULT_PORT):
             port = DEFAULT_PORT  # the port the README and `ccrotate serve` use
         if port:
@@ -158,7 +158,7 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
         print(f"ccrotate demo: proxy on {base}, fake Anthropic upstream on {upstream.url}\n",
               file=out)
         with httpx.Client(base_url=base, timeout=30) as client:
-            _tour(client, fake, components.pool, out)
+            _tour(client, fake, rotator.pool, out)
         print(f"""
 Try it yourself (the fake upstream answers; nothing reaches Anthropic):
    curl -s {base}/api/v1/messages -H 'content-type: application/json' \\

@@ -51,20 +51,19 @@ def run_server(settings: Settings) -> None:
     except ImportError:
         from ccrotate._exceptions import ConfigError
         raise ConfigError("the server needs uvicorn: pip install 'ccrotate[server]'") from None
-    from ccrotate._server.app import create_app
+    from ccrotate._server.rotator import Rotator
     notice = check_bind(settings)
-    app = create_app(settings)
+    rotator = Rotator(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
     if notice:
         log.warning(notice)
-    pool = app.state.ccrotate.pool
     log.info("ccrotate: %d account(s) from %s; clients use ANTHROPIC_BASE_URL=http://%s:%d/api",
-             len(pool), app.state.ccrotate.accounts_file or "code", settings.host, settings.port)
+             len(rotator.pool), rotator.accounts_file or "code", settings.host, settings.port)
     # Everything built so far lives for the whole process: keep the collector from
     # re-scanning it on every full collection (measurably shorter GC pauses under load).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+    uvicorn.run(rotator.app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 **uvicorn_options())
 
 

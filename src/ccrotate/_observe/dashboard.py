@@ -1,14 +1,10 @@
-"""The dashboard page, and the wiring of every observability part into the reference server.
+"""The dashboard page: one self-contained HTML page over the status and log APIs.
 
 ``GET /dashboard`` serves one self-contained HTML page (inline CSS and JS, no
 CDN, no build step) that polls the status API and the access-log analytics
 every two seconds. The page itself holds no data, so it is served to anyone;
 what it fetches is guarded like the status API, and the page asks for a key
 when the server wants one.
-
-:func:`install_observability` adds the access log, the Prometheus metrics (when
-``prometheus_client`` is installed), the query API and the dashboard to a
-:class:`~ccrotate.Components`.
 """
 
 from __future__ import annotations
@@ -23,17 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
-
-from ccrotate._observe.accesslog import AccessLog
-from ccrotate._observe.logs_api import ReadGuard, logs_app
-from ccrotate._observe.logstore import open_store
-from ccrotate._observe.pricing import PricingTable
 
 if TYPE_CHECKING:
-    from ccrotate._server.app import Components
+    pass
 
-__all__ = ["dashboard_endpoint", "install_observability"]
+__all__ = ["dashboard_endpoint", "either"]
 
 log = logging.getLogger("ccrotate")
 
@@ -82,7 +72,7 @@ def dashboard_endpoint(*, status: str = "/status/", analytics: str | None = "/lo
     return dashboard
 
 
-def _either(read_auth: Authenticator | None, admin_auth: Authenticator | None,
+def either(read_auth: Authenticator | None, admin_auth: Authenticator | None,
             ) -> Authenticator | None:
     if read_auth is None and admin_auth is None:
         return None
@@ -91,42 +81,3 @@ def _either(read_auth: Authenticator | None, admin_auth: Authenticator | None,
         return any(auth is not None and auth(headers) for auth in (read_auth, admin_auth))
 
     return authorize
-
-
-def install_observability(c: Components) -> None:
-    """Add the access log, metrics, query API and dashboard to ``c``.
-
-    The access log goes to ``c.observers`` and ``c.services`` (its flusher) and
-    to ``c.extras["access_log"]``; the metrics (only when ``prometheus_client``
-    is installed) to ``c.observers`` and ``c.extras["metrics"]``. Routes:
-    ``/metrics``, ``/logs/entries``, ``/logs/analytics``, ``/dashboard``, guarded
-    like the status API's reads.
-    """
-    from ccrotate._observe.status import status_auth
-
-    settings = c.settings
-    pricing = PricingTable.load(settings.pricing_path)
-    store = open_store(settings.access_log_path)
-    access = AccessLog(store=store, pricing=pricing)
-    c.observers.append(access)
-    c.services.append(access)
-    c.extras["access_log"] = access
-    authorize = _either(*status_auth(settings.auth_tokens, settings.admin_token))
-    routes: list[BaseRoute] = [
-        Mount("/logs", app=ReadGuard(logs_app(store), authorize=authorize)),
-        Route("/dashboard", dashboard_endpoint(), methods=["GET"]),
-    ]
-    try:
-        from ccrotate._observe.metrics import PrometheusMetrics
-        metrics = PrometheusMetrics(c.pool, pricing=pricing)
-    except ImportError:
-        log.debug("ccrotate: prometheus_client is not installed; no /metrics")
-    else:
-        c.observers.append(metrics)
-        c.extras["metrics"] = metrics
-        refresher = c.extras.get("refresher")
-        if refresher is not None and hasattr(refresher, "listeners"):
-            refresher.listeners.append(metrics.record_refresh)
-        routes.append(Route("/metrics", ReadGuard(metrics.app, authorize=authorize),
-                            methods=["GET", "HEAD"]))
-    c.routes.extend(routes)

@@ -7,13 +7,14 @@ it needs keyed by account name so that it survives reloads of the accounts file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ccrotate._pool.ratelimit import QuotaSnapshot
 
-__all__ = ["Candidate", "FirstAvailable", "RoundRobin", "SelectionContext", "SelectionStrategy"]
+__all__ = ["STRATEGIES", "Candidate", "FirstAvailable", "RoundRobin", "SelectionContext",
+           "SelectionStrategy", "strategy_named"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +30,26 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class SelectionContext:
-    """Per-request facts a strategy may use (session affinity keys, model)."""
+    """Per-request facts a strategy may use.
+
+    Parameters:
+        model: the model the request asks for.
+        session_key: the client's session (``metadata.user_id``), for affinity.
+        headers: the client's request headers as ASGI pairs (lower-case bytes names),
+            read through :meth:`header`; kept as the server gave them, nothing copied.
+    """
 
     model: str | None = None
     session_key: str | None = None
-    headers: Mapping[str, str] | None = None
+    headers: Sequence[tuple[bytes, bytes]] = ()
+
+    def header(self, name: str) -> str | None:
+        """The first value of the request header ``name`` (any case), or ``None``."""
+        key = name.lower().encode("latin-1")
+        for k, v in self.headers:
+            if k == key:
+                return v.decode("latin-1")
+        return None
 
 
 class SelectionStrategy(Protocol):
@@ -105,3 +121,21 @@ class FirstAvailable:
 
     def forget(self, names: Iterable[str]) -> None:
         return None
+
+
+STRATEGIES: dict[str, type[RoundRobin] | type[FirstAvailable]] = {
+    "round_robin": RoundRobin,
+    "first_available": FirstAvailable,
+}
+"""The strategies the ``strategy`` setting can name."""
+
+
+def strategy_named(name: str, *, rotation: bool = True) -> SelectionStrategy:
+    """A new strategy by its setting name; ``rotation=False`` always means first available."""
+    if not rotation:
+        return FirstAvailable()
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose one of "
+                         f"{', '.join(STRATEGIES)}") from None

@@ -14,13 +14,14 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 
 from ccrotate._accounts.model import Account, AccountKind
 from ccrotate._exceptions import (
+    ConfigError,
     InvalidGrant,
     NoAccountAvailable,
     RefreshError,
@@ -29,23 +30,26 @@ from ccrotate._exceptions import (
 )
 from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.strategy import SelectionContext
-from ccrotate._proxy.headers import OAUTH_BETA, merge_beta, response_headers, without_beta
+from ccrotate._proxy.headers import response_headers
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
 from ccrotate._upstream.base import Upstream, UpstreamResponse
+from ccrotate._upstream.providers import OutgoingRequest, Providers
 from ccrotate._wire import (
     SPEND_CAP,
     STATUS_OF_ERROR,
     SSEScanner,
     error_body,
-    inject_identity,
     parse_error,
 )
 
-__all__ = ["Attempt", "Failed", "Refresher", "Won", "run_attempts"]
+__all__ = ["Attempt", "AttemptLoop", "Failed", "LoopConfig", "Refresher", "Won", "run_attempts"]
 
 log = logging.getLogger("ccrotate.proxy")
 
 _JSON = [(b"content-type", b"application/json")]
+
+
+_NO_CONTEXT = SelectionContext()
 
 
 class Refresher(Protocol):
@@ -62,45 +66,12 @@ class Refresher(Protocol):
 
 @dataclass(slots=True)
 class Attempt:
-    """The request as it will be sent upstream, the same for every attempt but credentials."""
+    """One client request to try on accounts in turn: what goes upstream, and who may serve."""
 
-    method: str
-    path: str
-    headers: list[tuple[str, str]]
-    beta: str | None
-    body: bytes | None
-    pinned: str | None
-    identity: str | None
-    """The identity line to ensure for OAuth accounts, ``None`` to leave the body alone."""
-    context: SelectionContext
-    relocate_system: bool = False
-    """With ``identity``: move the client's system prompt into the first user turn."""
-    _oauth_body: bytes | None = field(default=None, repr=False)
-
-    def body_for(self, account: Account) -> bytes | None:
-        if account.kind is not AccountKind.OAUTH or self.identity is None or self.body is None:
-            return self.body
-        if self._oauth_body is None:
-            self._oauth_body = inject_identity(self.body, self.identity,
-                                               relocate=self.relocate_system)
-        return self._oauth_body
-
-    def headers_for(self, account: Account) -> list[tuple[str, str]]:
-        out = list(self.headers)
-        if account.kind is AccountKind.OAUTH:
-            out.append(("authorization", "Bearer " + account.credential.reveal()))
-            out.append(("anthropic-beta", merge_beta(self.beta, OAUTH_BETA)))
-        else:
-            out.append(("x-api-key", account.credential.reveal()))
-            # A client logged in with OAuth (Claude Code) sends the OAuth beta; it means
-            # nothing to an API key and must not make the key look broken.
-            beta = without_beta(self.beta, OAUTH_BETA)
-            if beta:
-                out.append(("anthropic-beta", beta))
-        # Identity keeps the bytes readable for usage accounting; the hop to
-        # the client is local, where compression buys little.
-        out.append(("accept-encoding", "identity"))
-        return out
+    request: OutgoingRequest
+    pinned: str | None = None
+    """The account named by ``X-Account-Name``: only it may serve."""
+    context: SelectionContext = _NO_CONTEXT
 
 
 @dataclass(slots=True)
@@ -143,18 +114,55 @@ class Failed:
 class LoopConfig:
     """Knobs of the failover loop."""
 
-    base_url: str = "https://api.anthropic.com"
     max_attempts: int = 4
     backoff_base: float = 0.05
     backoff_cap: float = 1.0
     max_response_body: int = 64 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts!r}")
+        if self.backoff_base < 0 or self.backoff_cap < self.backoff_base:
+            raise ConfigError("backoff_base must be >= 0 and backoff_cap >= backoff_base, not "
+                              f"{self.backoff_base!r} and {self.backoff_cap!r}")
+        if self.max_response_body < 1:
+            raise ConfigError("max_response_body must be positive, not "
+                              f"{self.max_response_body!r}")
 
-async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstream,
-                       record: RequestRecord, config: LoopConfig,
-                       refresher: Refresher | None = None,
-                       observers: Sequence[Observer] = ()) -> Won | Failed:
+
+class AttemptLoop:
+    """Tries accounts in turn for one request; shared by every route and dialect.
+
+    Parameters:
+        pool: the accounts to rotate over.
+        upstream: the transport.
+        providers: how each account is presented upstream.
+        config: attempts and backoff.
+        refresher: keeps OAuth tokens fresh (``ensure_fresh`` before, ``refresh`` on 401).
+        observers: told of each failover.
+    """
+
+    __slots__ = ("config", "observers", "pool", "providers", "refresher", "upstream")
+
+    def __init__(self, pool: AccountPool, upstream: Upstream, providers: Providers, *,
+                 config: LoopConfig | None = None, refresher: Refresher | None = None,
+                 observers: Sequence[Observer] = ()) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.providers = providers
+        self.config = config or LoopConfig()
+        self.refresher = refresher
+        self.observers = observers
+
+    async def run(self, attempt: Attempt, record: RequestRecord) -> Won | Failed:
+        """A winner to relay (the caller closes it and releases the account), or an error."""
+        return await run_attempts(attempt, self, record)
+
+
+async def run_attempts(attempt: Attempt, loop: AttemptLoop,
+                       record: RequestRecord) -> Won | Failed:
     """Try accounts in turn until one answers usefully; see the module docstring."""
+    pool, config, observers = loop.pool, loop.config, loop.observers
     tried: list[str] = []
     last: Failed | None = None
     refreshed: set[str] = set()
@@ -179,8 +187,7 @@ async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstrea
         name = account.name
         won: Won | None = None
         try:
-            outcome = await _one(attempt, account, upstream, record, config, refresher,
-                                 refreshed)
+            outcome = await _one(attempt.request, account, loop, record, refreshed)
             if isinstance(outcome, Won):
                 won = outcome
                 pool.report_success(name, outcome.response.headers)
@@ -219,8 +226,8 @@ async def run_attempts(attempt: Attempt, *, pool: AccountPool, upstream: Upstrea
             delay = min(config.backoff_cap, config.backoff_base * 2 ** backoffs)
             backoffs += 1
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
-    assert last is not None
-    return last
+    # Every pass of the loop either returns or sets ``last`` (max_attempts >= 1).
+    return last if last is not None else Failed.of(503, "api_error", "ccrotate: no attempt made")
 
 
 class _Headers:
@@ -275,10 +282,10 @@ def _classify(status: int) -> str | None:
     return None
 
 
-async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: RequestRecord,
-               config: LoopConfig, refresher: Refresher | None,
-               refreshed: set[str]) -> Won | tuple[str, Failed]:
+async def _one(request: OutgoingRequest, account: Account, loop: AttemptLoop,
+               record: RequestRecord, refreshed: set[str]) -> Won | tuple[str, Failed]:
     """One attempt on one account: a winner, or (failover reason, the error it produced)."""
+    refresher = loop.refresher
     if refresher is not None and account.kind is AccountKind.OAUTH:
         try:
             account = await refresher.ensure_fresh(account)
@@ -292,9 +299,10 @@ async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: R
             return "connection", Failed.of(502, "api_error", "ccrotate: account was removed")
     sent = time.perf_counter()
     try:
-        resp = await upstream.send(attempt.method, config.base_url + attempt.path,
-                                   attempt.headers_for(account),
-                                   attempt.body_for(account))
+        provider = loop.providers.for_account(account)
+        resp = await loop.upstream.send(request.method, provider.url(account, request),
+                                        provider.headers(account, request),
+                                        provider.body(account, request))
     except UpstreamError as exc:
         return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
     try:
@@ -304,9 +312,9 @@ async def _one(attempt: Attempt, account: Account, upstream: Upstream, record: R
             streaming = resp.content_type == "text/event-stream"
             if streaming:
                 return await _peek_stream(account, resp, record)
-            body = await resp.read(config.max_response_body)
+            body = await resp.read(loop.config.max_response_body)
             return Won(account, resp, [body], False, None)
-        body = await resp.read(config.max_response_body)
+        body = await resp.read(loop.config.max_response_body)
         failed = Failed(status, response_headers(resp.raw_headers), body)
         reason = _classify(status)
         if reason is None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ccrotate._wire import OAUTH_BETA
-
-__all__ = ["OAUTH_BETA", "merge_beta", "request_headers", "response_headers", "without_beta"]
+__all__ = ["request_headers", "response_headers"]
 
 DEFAULT_VERSION = "2023-06-01"
 
@@ -60,24 +58,6 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[str,
     if not has_version:
         out.append(("anthropic-version", DEFAULT_VERSION))
     return out, (",".join(betas) if betas else None), pinned
-
-
-def merge_beta(client: str | None, extra: str) -> str:
-    """The client's beta list with ``extra`` added once, order kept."""
-    if not client:
-        return extra
-    parts = [p.strip() for p in client.split(",") if p.strip()]
-    if extra not in parts:
-        parts.append(extra)
-    return ",".join(parts)
-
-
-def without_beta(client: str | None, name: str) -> str | None:
-    """The client's beta list without ``name`` (``None`` when nothing is left)."""
-    if not client or name not in client:
-        return client
-    parts = [p.strip() for p in client.split(",") if p.strip() and p.strip() != name]
-    return ",".join(parts) or None
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -28,11 +28,12 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ccrotate._exceptions import ConfigError
+from ccrotate._pool.strategy import STRATEGIES as _STRATEGY_CLASSES
 
 __all__ = ["FIELDS", "LOG_LEVELS", "STRATEGIES", "FieldSpec", "Settings", "load_settings"]
 
-STRATEGIES: tuple[str, ...] = ("round_robin",)
-"""Account-selection strategies. Read at parse time, so a module adding one can extend it."""
+STRATEGIES: tuple[str, ...] = tuple(_STRATEGY_CLASSES)
+"""Account-selection strategies the ``strategy`` setting accepts."""
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 """Accepted ``log_level`` values (case-insensitive on input, stored lower-case)."""

@@ -1,0 +1,235 @@
+"""One request pipeline for every dialect.
+
+Per request: authenticate the client, read the body, let the route prepare an
+attempt, run the attempt loop under the request deadline, then relay the
+winner through the route's adapter. While the proxy waits on the upstream or
+relays it, a sibling task listens for ``http.disconnect`` and cancels
+everything the moment the client leaves, so no tokens are spent on an answer
+nobody reads. Per-request state lives in locals only: one pipeline serves
+every request concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+
+import anyio
+
+from ccrotate._asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, send_bytes
+from ccrotate._exceptions import UpstreamError, UpstreamProtocolError
+from ccrotate._proxy.attempts import AttemptLoop, Failed, Won
+from ccrotate._proxy.dialects.base import ClientRequest, Prepared, ResponseAdapter, Route
+from ccrotate._proxy.record import Observer, RequestRecord, apply_usage
+from ccrotate._wire import parse_error, usage_of_body
+
+__all__ = ["Authenticator", "Pipeline"]
+
+log = logging.getLogger("ccrotate.proxy")
+
+Authenticator = Callable[[Sequence[tuple[bytes, bytes]]], bool]
+
+
+class Pipeline:
+    """Serves one route's request end to end; shared by every route and dialect.
+
+    Parameters:
+        loop: the attempt loop (pool, upstream, providers, refresher).
+        authenticate: ``headers -> bool``; refused requests get a 401 before any account
+            is touched.
+        observers: receive a :class:`RequestRecord` per request.
+        max_body_size: largest request body accepted (413 beyond).
+        request_timeout: seconds from the request's arrival until an account must have
+            answered, across every attempt (504 beyond).
+    """
+
+    __slots__ = ("authenticate", "loop", "max_body_size", "observers", "request_timeout")
+
+    def __init__(self, loop: AttemptLoop, *, authenticate: Authenticator | None = None,
+                 observers: list[Observer] | None = None,
+                 max_body_size: int = 32 * 1024 * 1024,
+                 request_timeout: float = 600.0) -> None:
+        self.loop = loop
+        self.authenticate = authenticate
+        self.observers = observers if observers is not None else []
+        self.max_body_size = max_body_size
+        self.request_timeout = request_timeout
+
+    async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request on ``route`` and tell the observers about it."""
+        record = RequestRecord(request_id=secrets.token_hex(8), started_at=time.time(),
+                               route=route.name, method=route.method)
+        t0 = time.perf_counter()
+        try:
+            prepared = await self._prepare(route, scope, receive, send, record)
+            if prepared is not None:
+                await self._serve(prepared, receive, send, record, t0)
+        finally:
+            record.latency = time.perf_counter() - t0
+            for observer in self.observers:
+                # One broken observer must not silence the others nor fail the request.
+                try:
+                    observer.on_request(record)
+                except Exception:
+                    log.exception("observer %r failed on a request record", observer)
+
+    async def _prepare(self, route: Route, scope: Scope, receive: Receive, send: Send,
+                       record: RequestRecord) -> Prepared | None:
+        # Refusals speak the route's dialect: OpenAI clients understand only theirs.
+        if self.authenticate is not None and not self.authenticate(scope["headers"]):
+            await _refuse(send, record, route, Failed.of(
+                401, "authentication_error", "ccrotate: invalid or missing client key"))
+            return None
+        try:
+            body = await read_body(scope, receive, self.max_body_size)
+        except BodyTooLarge:
+            await _refuse(send, record, route, Failed.of(
+                413, "request_too_large",
+                f"ccrotate: request body exceeds {self.max_body_size} bytes"))
+            return None
+        except ClientGone:
+            record.status, record.client_disconnected = 499, True
+            return None
+        prepared = await route.prepare(ClientRequest(scope, body, record, self.loop))
+        if isinstance(prepared, Failed):
+            # Already in the route's own shape, its error type already recorded.
+            record.status = prepared.status
+            await send_bytes(send, prepared.status, prepared.headers, prepared.body)
+            return None
+        return prepared
+
+    async def _serve(self, prepared: Prepared, receive: Receive, send: Send,
+                     record: RequestRecord, t0: float) -> None:
+        relayed = False
+        # A cancel scope and one plain task rather than a task group: the same semantics
+        # (the watcher cancels the scope; shielded cleanup inside still completes) for a
+        # fraction of the cost, as anyio's task group took ~50 µs of CPU per request
+        # (docs/benchmarks.md). The watcher is never awaited: it is parked in receive().
+        with anyio.CancelScope() as scope:
+            watcher = asyncio.get_running_loop().create_task(
+                _watch_disconnect(receive, scope, record))
+            try:
+                outcome = await self._attempts(prepared, record)
+                if isinstance(outcome, Failed):
+                    record.account = outcome.account
+                    await _relay_error(send, prepared.adapter, outcome, record)
+                    relayed = True
+                else:
+                    record.account = outcome.account.name
+                    try:
+                        await _relay(send, prepared, outcome, record, t0)
+                        relayed = True
+                    finally:
+                        await outcome.response.aclose()
+                        self.loop.pool.release(outcome.account.name)
+            except OSError:
+                # ASGI spec 2.4 servers raise on send() once the client is gone.
+                record.client_disconnected = True
+            finally:
+                watcher.cancel()
+        failed = watcher.exception() if watcher.done() and not watcher.cancelled() else None
+        if failed is not None:
+            raise failed  # receive() itself failed, as a task group would have raised it
+        if relayed:
+            # Servers answer receive() with http.disconnect once the response is complete,
+            # and the watcher may read that before it is cancelled: not a client leaving.
+            record.client_disconnected = False
+        if record.client_disconnected:
+            record.status = 499
+
+    async def _attempts(self, prepared: Prepared, record: RequestRecord) -> Won | Failed:
+        # The deadline covers every attempt until an answer starts; a stream that has
+        # started is bounded by the read timeout between chunks instead.
+        with anyio.move_on_after(self.request_timeout):
+            return await self.loop.run(prepared.attempt, record)
+        return Failed.of(504, "api_error", "ccrotate: no account answered within "
+                         f"{math.ceil(self.request_timeout)} s (request_timeout)")
+
+
+async def _refuse(send: Send, record: RequestRecord, route: Route, failed: Failed) -> None:
+    record.error_type = parse_error(failed.body)[0]
+    shown = route.refusal(failed)
+    record.status = shown.status
+    await send_bytes(send, shown.status, shown.headers, shown.body)
+
+
+async def _relay_error(send: Send, adapter: ResponseAdapter, failed: Failed,
+                       record: RequestRecord) -> None:
+    record.error_type = parse_error(failed.body)[0]
+    shown = adapter.error(failed)
+    record.status = shown.status
+    await send_bytes(send, shown.status, shown.headers, shown.body)
+
+
+async def _relay(send: Send, prepared: Prepared, won: Won, record: RequestRecord,
+                 t0: float) -> None:
+    adapter = prepared.adapter
+    resp = won.response
+    if not won.streaming:
+        raw = won.head[0]
+        try:
+            body = adapter.body(won, raw)
+        except UpstreamProtocolError as exc:
+            await _relay_error(send, adapter, Failed.of(502, "api_error", f"ccrotate: {exc}"),
+                               record)
+            return
+        status, headers = adapter.head(won)
+        if prepared.usage_from_body and resp.content_encoding is None:
+            apply_usage(record, usage_of_body(raw))
+        record.status = status
+        record.ttfb = time.perf_counter() - t0
+        await send_bytes(send, status, headers, body)
+        return
+    status, headers = adapter.head(won)
+    record.status = status
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    record.ttfb = time.perf_counter() - t0
+    stream = adapter.stream(won)
+    scanner = won.scanner
+    for chunk in won.head:  # the scanner has already seen the head
+        data = stream.feed(chunk)
+        if data:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+    try:
+        async for chunk in resp.chunks():
+            if scanner is not None:
+                scanner.feed(chunk)
+            data = stream.feed(chunk)
+            if data:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+    except UpstreamError as exc:
+        # Only the upstream dying mid-stream: an OSError from send() is the client
+        # leaving (ASGI 2.4) and must reach the pipeline untouched, not become an error.
+        record.error_type = "api_error"
+        tail = stream.fail(str(exc))
+        if tail is None:
+            raise
+    else:
+        ended_early = scanner is not None and not scanner.finished and scanner.error is None
+        if ended_early:
+            record.error_type = "api_error"
+        tail = stream.finish(ended_early)
+    if scanner is not None:
+        if scanner.error is not None:
+            record.error_type = scanner.error[0]
+        apply_usage(record, scanner.usage)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope,
+                            record: RequestRecord) -> None:
+    # The body has been read in full, so this task is the only consumer of receive().
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                record.client_disconnected = True
+                scope.cancel()
+                return
+    except Exception:
+        scope.cancel()  # stop the work; the pipeline re-raises this once the scope is left
+        raise

@@ -1,0 +1,282 @@
+"""``Rotator``: one typed object that owns every part and mounts anywhere.
+
+Building a :class:`Rotator` loads the accounts and wires the pool, the
+upstream, the token refresher, the accounts watcher, the access log and the
+metrics, and starts nothing. ``async with rotator:`` (or the host app's
+``lifespan=rotator.lifespan``) opens the upstream and runs the background
+services in one task group; leaving it stops them. ``rotator.app`` is the
+ASGI app ``ccrotate serve`` serves; used before the rotator is started it
+answers a clear 503 rather than running half alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount, Route
+
+from ccrotate._accounts.file import AccountsFile, discover_accounts_file
+from ccrotate._accounts.model import Account
+from ccrotate._asgi import ASGIApp, Receive, Scope, Send, send_bytes
+from ccrotate._exceptions import ConfigError
+from ccrotate._observe.accesslog import AccessLog
+from ccrotate._observe.dashboard import dashboard_endpoint, either
+from ccrotate._observe.health import health_endpoint
+from ccrotate._observe.logs_api import ReadGuard, logs_app
+from ccrotate._observe.logstore import open_store
+from ccrotate._observe.pricing import PricingTable
+from ccrotate._observe.status import ForceRefresher, StatusMount, status_app, status_auth
+from ccrotate._pool.pool import AccountPool
+from ccrotate._pool.strategy import strategy_named
+from ccrotate._proxy.app import ProxyConfig, RotatingProxy, RotationMiddleware
+from ccrotate._proxy.attempts import Refresher
+from ccrotate._proxy.auth import ClientAuth
+from ccrotate._proxy.dialects.openai.route import OpenAIRoute
+from ccrotate._proxy.record import Observer
+from ccrotate._server.config import Settings
+from ccrotate._tokens.refresh import TokenRefresher
+from ccrotate._tokens.reload import AccountsWatcher
+from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
+from ccrotate._upstream.base import Timeouts, Upstream
+from ccrotate._wire import error_body
+
+if TYPE_CHECKING:  # prometheus_client is an optional extra
+    from ccrotate._observe.metrics import PrometheusMetrics
+
+__all__ = ["Rotator", "Service"]
+
+log = logging.getLogger("ccrotate")
+
+_NOT_STARTED = error_body(
+    "api_error", "ccrotate: this Rotator is not running. Pass lifespan=rotator.lifespan to "
+    "your FastAPI, Litestar or Starlette app, or enter `async with rotator:` first.")
+
+
+class Service(Protocol):
+    """A background service the rotator runs while it is started."""
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None:
+        """Run until cancelled; call ``task_status.started()`` once ready."""
+        ...
+
+
+class _RefresherLike(Refresher, ForceRefresher, Protocol):
+    """What the rotator needs of a refresher: the proxy's, the status API's, the watcher's."""
+
+    def overlay(self, accounts: list[Account]) -> list[Account]:
+        """The accounts with tokens refreshed since the file was read."""
+        ...
+
+
+class Rotator:
+    """The whole of ccrotate as one object: pool, upstream, refresher, watcher, log, metrics.
+
+    Parameters:
+        settings: the :class:`Settings` (defaults, environment and config file are read
+            by :func:`load_settings`; ``Settings()`` is the plain defaults).
+        upstream: the transport (:class:`AiohttpUpstream` by default; pass
+            :class:`HTTPXUpstream` or :class:`ASGIUpstream` to change it).
+        pool: an :class:`AccountPool` to use instead of loading the accounts file.
+        accounts_file: the file to load (and write refreshed tokens back to); by default
+            the one the settings name, or the Claude CLI's login.
+        refresher: a token refresher to use instead of the default :class:`TokenRefresher`.
+
+    Raises :class:`AccountsFileError` for a bad accounts file and
+    :class:`ConfigError` for bad settings, before anything runs.
+
+    Use it as ``async with Rotator(settings) as rotator:`` in a script or notebook,
+    mount ``rotator.app`` in a host app that passes ``lifespan=rotator.lifespan``,
+    or serve ``rotator.app`` directly (its own lifespan starts it).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, upstream: Upstream | None = None,
+                 pool: AccountPool | None = None, accounts_file: AccountsFile | None = None,
+                 refresher: _RefresherLike | None = None) -> None:
+        self.settings = settings = settings or Settings()
+        if pool is None:
+            if accounts_file is None:
+                accounts_file = discover_accounts_file(settings.accounts_path,
+                                                       settings.credentials_path)
+            pool = AccountPool(accounts_file.load(),
+                               strategy=strategy_named(settings.strategy,
+                                                       rotation=settings.rotation_enabled),
+                               default_cooldown=settings.default_cooldown)
+        self.pool = pool
+        self.accounts_file = accounts_file
+        self.config = ProxyConfig(
+            upstream_url=settings.upstream_url, max_attempts=settings.max_attempts,
+            inject_identity=settings.inject_identity, relocate_system=settings.relocate_system,
+            max_body_size=settings.max_body_size,
+            timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
+        self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=self.config.timeouts)
+        self.refresher: _RefresherLike = refresher or TokenRefresher(
+            pool, accounts_file, token_url=settings.oauth_token_url,
+            client_id=settings.oauth_client_id, refresh_buffer=settings.refresh_buffer)
+        self.watcher: AccountsWatcher | None = None
+        if settings.hot_reload and accounts_file is not None:
+            self.watcher = AccountsWatcher(pool, accounts_file, refresher=self.refresher)
+        self.pricing = PricingTable.load(settings.pricing_path)
+        self.access_log = AccessLog(store=open_store(settings.access_log_path),
+                                    pricing=self.pricing)
+        self.metrics: PrometheusMetrics | None = _metrics(pool, self.pricing, self.refresher)
+        observers: list[Observer] = [self.access_log]
+        if self.metrics is not None:
+            observers.append(self.metrics)
+        self.openai = OpenAIRoute(model_aliases=settings.model_aliases)
+        self.proxy = RotatingProxy(
+            pool, config=self.config, refresher=self.refresher, observers=observers,
+            authenticate=ClientAuth(settings.auth_tokens) if settings.auth_tokens else None,
+            openai=self.openai, upstream=self.upstream)
+        self._app: _RotatorApp | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._running = False
+
+    @property
+    def services(self) -> list[Service]:
+        """The background services started with the rotator, in start order."""
+        services: list[Service] = []
+        if isinstance(self.refresher, TokenRefresher):
+            services.append(self.refresher)
+        if self.watcher is not None:
+            services.append(self.watcher)
+        services.append(self.access_log)
+        return services
+
+    @property
+    def running(self) -> bool:
+        """Whether the rotator is started (its app serves requests)."""
+        return self._running
+
+    @property
+    def app(self) -> ASGIApp:
+        """The ASGI app: the proxy at ``/api``, ``/health``, ``/status``, ``/logs``,
+        ``/dashboard`` and ``/metrics`` (with ``prometheus_client``). Built once."""
+        if self._app is None:
+            self._app = _RotatorApp(self, self._routes())
+        return self._app
+
+    def _routes(self) -> list[BaseRoute]:
+        s = self.settings
+        read_auth, admin_auth = status_auth(s.auth_tokens, s.admin_token)
+        watcher = self.watcher
+        status = status_app(self.pool, refresher=self.refresher, read_auth=read_auth,
+                            admin_auth=admin_auth,
+                            reload_error=(lambda: watcher.last_error) if watcher else None)
+        authorize = either(read_auth, admin_auth)
+        routes: list[BaseRoute] = [
+            Route("/health", health_endpoint(self.pool), methods=["GET"]),
+            StatusMount("/status", status),
+            Mount("/logs", app=ReadGuard(logs_app(self.access_log.store), authorize=authorize)),
+            Route("/dashboard", dashboard_endpoint(), methods=["GET"]),
+        ]
+        if self.metrics is not None:
+            routes.append(Route("/metrics", ReadGuard(self.metrics.app, authorize=authorize),
+                                methods=["GET", "HEAD"]))
+        return routes
+
+    async def __aenter__(self) -> Rotator:
+        if self._running or self._tg is not None:
+            raise ConfigError("this Rotator is already started; start it once (either "
+                              "`async with rotator` or the host app's lifespan)")
+        await self.upstream.start()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            for service in self.services:
+                await tg.start(service.run)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            self._tg = None
+            try:
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            finally:
+                await self.upstream.aclose()
+            raise
+        self._running = True
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._running = False
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(*exc)
+        finally:
+            await self.upstream.aclose()
+
+    def lifespan(self, app: object = None) -> contextlib.AbstractAsyncContextManager[None]:
+        """A lifespan context for the host app: ``FastAPI(lifespan=rotator.lifespan)``,
+        ``Litestar(lifespan=[rotator.lifespan])``, ``Starlette(lifespan=rotator.lifespan)``."""
+        return self._lifespan()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        # Entered and left in the host's one lifespan task, as anyio's task group needs.
+        async with self:
+            yield
+
+
+def _metrics(pool: AccountPool, pricing: PricingTable,
+             refresher: object) -> PrometheusMetrics | None:
+    try:
+        from ccrotate._observe.metrics import PrometheusMetrics
+    except ImportError:
+        log.debug("ccrotate: prometheus_client is not installed; no /metrics")
+        return None
+    metrics = PrometheusMetrics(pool, pricing=pricing)
+    listeners: list[Callable[..., object]] | None = getattr(refresher, "listeners", None)
+    if listeners is not None:
+        listeners.append(metrics.record_refresh)
+    return metrics
+
+
+class _RotatorApp:
+    # The rotator's ASGI app. /api goes to the proxy before Starlette's router and its
+    # error middlewares see it: the hot path pays for one prefix check, not for routing.
+    # Lifespan starts the rotator unless the host already did (a mounted rotator).
+
+    def __init__(self, rotator: Rotator, routes: list[BaseRoute]) -> None:
+        self.rotator = rotator
+        self._inner = RotationMiddleware(Starlette(routes=routes), proxy=rotator.proxy,
+                                         prefix="/api")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif self.rotator._running:
+            await self._inner(scope, receive, send)
+        elif kind == "http":
+            await send_bytes(send, 503, [(b"content-type", b"application/json")], _NOT_STARTED)
+        else:
+            await send({"type": "websocket.close", "code": 1013})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        rotator = self.rotator
+        owned = False
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if not rotator._running:
+                        await rotator.__aenter__()
+                        owned = True
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if owned:
+                    # Servers tear the loop down right after shutdown.complete, so
+                    # everything is closed before it is reported.
+                    await rotator.__aexit__(None, None, None)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
