@@ -262,6 +262,8 @@ def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
                                      and base_url.startswith(("http://", "https://"))):
         raise AccountsFileError(where, "must be an http:// or https:// URL", account=name,
                                 field="baseUrl")
+    if base_url is not None:
+        base_url = base_url.rstrip("/")  # paths are appended with their own slash
     if "apiKey" in entry:
         if "accessToken" in entry:
             raise AccountsFileError(where, "has both apiKey and accessToken; keep one",

@@ -202,13 +202,19 @@ class Rotator:
         self._running = True
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: Any) -> None:
         self._running = False
         tg, self._tg = self._tg, None
         try:
             if tg is not None:
                 tg.cancel_scope.cancel()
-                await tg.__aexit__(*exc)
+                await tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The body of ``async with rotator`` runs inside the services' task group;
+            # its own exception comes back wrapped. Hand it back as it was raised.
+            if exc is None or list(group.exceptions) != [exc]:
+                raise
         finally:
             await self.upstream.aclose()
 
