@@ -28,8 +28,8 @@ from ccrotate import (
     AccountsFileError,
     ConfigError,
     ProxyConfig,
-    Rotator,
     RotationMiddleware,
+    Rotator,
     Secret,
     SelectionContext,
     Settings,
@@ -69,6 +69,14 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
     return True
 
 
+async def eventually(predicate: Any, timeout: float = 5.0) -> bool:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await anyio.sleep(0.01)
+    return bool(predicate())
+
+
 # -- construction runs nothing -----------------------------------------------------------------
 
 async def test_a_built_rotator_runs_nothing_and_its_app_refuses_clearly(
@@ -99,16 +107,17 @@ async def test_async_with_starts_and_stops_every_part(
     transport = httpx.ASGITransport(app=rotator.app)
     async with rotator, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         assert rotator.running
-        with anyio.fail_after(5):  # the refresher's first pass renews the due token
-            while fake.oauth.refresh_count() == 0:
-                await anyio.sleep(0.01)
+        # The refresher's first pass renews the due token.
+        assert await eventually(lambda: fake.oauth.refresh_count() == 1)
         answer = await client.post("/api/v1/messages", headers={"x-account-name": "key"},
                                    json={"model": "claude-sonnet-4-6", "max_tokens": 8,
                                          "messages": HELLO})
         assert answer.status_code == 200
-        with anyio.fail_after(5):
-            while not (await client.get("/logs/entries")).json()["entries"]:
-                await anyio.sleep(0.02)
+        for _ in range(500):  # the access log flushes in the background
+            if (await client.get("/logs/entries")).json()["entries"]:
+                break
+            await anyio.sleep(0.01)
+        assert (await client.get("/logs/entries")).json()["entries"][0]["account"] == "key"
         with pytest.raises(ConfigError, match="already started"):
             await rotator.__aenter__()
     assert not rotator.running
