@@ -69,8 +69,8 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
     return True
 
 
-async def eventually(predicate: Any, timeout: float = 5.0) -> bool:
-    for _ in range(int(timeout / 0.01)):
+async def eventually(predicate: Any, tries: int = 500) -> bool:
+    for _ in range(tries):
         if predicate():
             return True
         await anyio.sleep(0.01)
