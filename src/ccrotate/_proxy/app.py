@@ -30,6 +30,7 @@ from ccrotate._asgi import (
     Scope,
     Send,
     api_path,
+    has_encoded_separator,
     is_openai_client,
     read_body,
     send_bytes,
@@ -160,7 +161,7 @@ class RotatingProxy:
                 and _MODEL_ID.fullmatch(path[len("/v1/models/"):])):
             route = ("models", "GET")
         openai = route is not None and route[0] == "chat_completions"
-        if route is None or (openai and self.openai is None):
+        if route is None or (openai and self.openai is None) or has_encoded_separator(scope):
             await _reply(send, Failed.of(404, "not_found_error", f"ccrotate: no route {path}"))
             return
         name, method = route
