@@ -137,6 +137,9 @@ def create_app(settings: Settings | None = None, *, pool: AccountPool | None = N
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(RotationMiddleware, proxy=c.proxy, prefix="/api")])
     app.state.ccrotate = c
+    # Starlette answers /logs or /dashboard/ with a redirect built from the Host header;
+    # no route here needs it (StatusMount serves /status bare), so none is sent.
+    app.router.redirect_slashes = False
     return app
 
 
