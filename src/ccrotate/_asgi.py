@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-__all__ = ["ASGIApp", "Receive", "Scope", "Send", "api_path", "read_body", "route_path",
-           "send_bytes"]
+__all__ = ["ASGIApp", "Receive", "Scope", "Send", "api_path", "has_encoded_separator",
+           "read_body", "route_path", "send_bytes"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,6 +36,20 @@ def api_path(scope: Scope) -> str:
     """:func:`route_path` without one trailing slash (Litestar mounts add one)."""
     path = route_path(scope)
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+def has_encoded_separator(scope: Scope) -> bool:
+    """Whether the request target spells a ``/`` or ``\\`` as ``%2F``/``%5C``.
+
+    Servers decode ``%2F`` into ``path``, so ``/v1/messages%2Fcount_tokens`` would
+    look like a real route; only ``raw_path`` (when the server gives it) still shows
+    the trick. No client of the Messages API needs an encoded separator.
+    """
+    raw: bytes | None = scope.get("raw_path")
+    if not raw or b"%" not in raw:
+        return False  # the common case: one byte search
+    lowered = raw.lower()
+    return b"%2f" in lowered or b"%5c" in lowered
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

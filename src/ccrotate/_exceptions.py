@@ -21,6 +21,8 @@ of theirs leaks to callers. No message in this tree ever contains a credential.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "AccountsFileError",
     "CCRotateError",
@@ -57,12 +59,20 @@ class AccountsFileError(CCRotateError):
         self.path = path
         self.account = account
         self.field = field
-        where = path
-        if account is not None:
-            where += f": account {account!r}"
-        if field is not None:
-            where += f": field {field!r}"
-        super().__init__(f"{where}: {message}")
+        self.detail = message
+        super().__init__(self._describe(path))
+
+    def _describe(self, where: str) -> str:
+        if self.account is not None:
+            where += f": account {self.account!r}"
+        if self.field is not None:
+            where += f": field {self.field!r}"
+        return f"{where}: {self.detail}"
+
+    def public_message(self) -> str:
+        """The message naming the file by its name alone, for outputs others read (the
+        status API): the directory it lives in is the operator's business."""
+        return self._describe(os.path.basename(self.path) or self.path)
 
 
 class PoolError(CCRotateError):

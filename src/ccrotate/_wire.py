@@ -8,15 +8,20 @@ costs one validating scan, not a full decode and re-encode.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import msgspec
 
 __all__ = [
     "IDENTITY_LINES",
+    "MODEL_ID_MAX",
+    "MODEL_ID_RULE",
+    "MODEL_ID_SHAPE",
     "OAUTH_BETA",
     "SPEND_CAP",
     "STATUS_OF_ERROR",
+    "USER_ID_MAX",
     "RequestPeek",
     "SSEScanner",
     "Usage",
@@ -26,6 +31,9 @@ __all__ = [
     "merge_beta",
     "needs_identity",
     "parse_error",
+    "relayable_error",
+    "valid_model_id",
+    "valid_user_id",
     "without_beta",
 ]
 
@@ -67,6 +75,22 @@ class _ErrorBody(msgspec.Struct, omit_defaults=True):
     request_id: str | None = None
 
 
+class _ErrorDetails(msgspec.Struct, omit_defaults=True):
+    error_code: str | None = None
+
+
+class _RelayedDetail(msgspec.Struct, omit_defaults=True):
+    type: str
+    message: str
+    details: _ErrorDetails | None = None
+
+
+class _RelayedBody(msgspec.Struct, omit_defaults=True):
+    type: str
+    error: _RelayedDetail
+    request_id: str | None = None
+
+
 class _ErrorIn(msgspec.Struct):
     type: str = "api_error"
     message: str = ""
@@ -75,6 +99,7 @@ class _ErrorIn(msgspec.Struct):
 
 class _ErrorEnvelope(msgspec.Struct):
     error: _ErrorIn | None = None
+    request_id: Any = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -95,7 +120,7 @@ def parse_error(body: bytes) -> tuple[str, str, str | None]:
     """(error type, message, details.error_code) of an Anthropic error body; lenient."""
     try:
         env = _error_decoder.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return "api_error", "", None
     if env.error is None:
         return "api_error", "", None
@@ -103,14 +128,77 @@ def parse_error(body: bytes) -> tuple[str, str, str | None]:
     return env.error.type, env.error.message, code if isinstance(code, str) else None
 
 
+_ERROR_TYPE = re.compile(r"[a-z_]{1,64}")
+_TYPE_OF_STATUS = {status: type_ for type_, status in STATUS_OF_ERROR.items()
+                   if type_ != "billing_error"}
+
+
+def relayable_error(status: int, body: bytes) -> bytes:
+    """An upstream error body cut down to what a client may see.
+
+    Only ``error.type``, ``error.message``, ``error.details.error_code`` (the spend
+    cap lives there) and ``request_id`` survive, re-serialised; anything else the
+    upstream (or a CDN in front of it) put in the body stays behind. A body that is
+    not an Anthropic error gets a type from ``status`` and an empty message.
+    """
+    try:
+        env = _error_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        env = _ErrorEnvelope()
+    fallback = _TYPE_OF_STATUS.get(status, "api_error")
+    if env.error is None:
+        detail = _RelayedDetail(fallback, f"upstream answered {status}")
+    else:
+        code = env.error.details.get("error_code") if env.error.details else None
+        detail = _RelayedDetail(
+            env.error.type if _ERROR_TYPE.fullmatch(env.error.type) else fallback,
+            env.error.message,
+            _ErrorDetails(code) if isinstance(code, str) else None)
+    rid = env.request_id if isinstance(env.request_id, str) else None
+    return _encoder.encode(_RelayedBody("error", detail, request_id=rid))
+
+
+# -- client-derived strings --------------------------------------------------------------------
+# Everything a client names that ccrotate keeps (the access log, metric labels, affinity
+# keys) is bounded here, at the one place the body is peeked. A model id is 1-128 of
+# letters, digits and ``. _ : @ / [ ] -`` starting with a letter or digit: that admits
+# Anthropic ids (claude-sonnet-4-6, claude-3-5-sonnet-20241022), Bedrock ids and ARNs
+# (anthropic.claude-3-5-sonnet-20241022-v2:0, arn:aws:bedrock:...:inference-profile/us.x),
+# Vertex ids (claude-3-5-sonnet-v2@20241022), Claude Code's ``[1m]`` suffix and OpenAI
+# names (gpt-4o, ft:gpt-4o-mini:org::id).
+MODEL_ID_MAX = 128
+MODEL_ID_RULE = r"^[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]*$"
+MODEL_ID_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]{0,127}")  # 128 in all
+"""``MODEL_ID_RULE`` with its length bound, for ``fullmatch``."""
+# metadata.user_id is opaque (Claude Code puts a JSON string of ~200 characters there):
+# any text without control characters, up to 512.
+USER_ID_MAX = 512
+_USER_ID_RULE = r"^[^\x00-\x1f\x7f]*$"
+_USER_ID_RE = re.compile(_USER_ID_RULE)
+
+ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_ID_MAX,
+                                      pattern=MODEL_ID_RULE)]
+UserId = Annotated[str, msgspec.Meta(max_length=USER_ID_MAX, pattern=_USER_ID_RULE)]
+
+
+def valid_model_id(value: str) -> bool:
+    """Whether ``value`` is an acceptable model id (see ``MODEL_ID_RULE``)."""
+    return len(value) <= MODEL_ID_MAX and MODEL_ID_SHAPE.fullmatch(value) is not None
+
+
+def valid_user_id(value: str) -> bool:
+    """Whether ``value`` is an acceptable ``metadata.user_id`` (or OpenAI ``user``)."""
+    return len(value) <= USER_ID_MAX and _USER_ID_RE.match(value) is not None
+
+
 class _Metadata(msgspec.Struct):
-    user_id: str | None = None
+    user_id: UserId | None = None
 
 
 class RequestPeek(msgspec.Struct):
     """The few fields of a Messages request the proxy looks at."""
 
-    model: str | None = None
+    model: ModelId | None = None
     stream: bool = False
     # msgspec cannot decode ``Raw | None`` (it accepts only null), so absence is an
     # empty Raw instead.
@@ -123,8 +211,19 @@ _raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 def peek_request(body: bytes) -> RequestPeek:
-    """Decode just enough of a request; raises ``msgspec.DecodeError`` if it is not valid."""
-    return _peek_decoder.decode(body)
+    """Decode just enough of a request.
+
+    Raises ``msgspec.DecodeError`` if it is not JSON (or nests too deeply), and
+    ``msgspec.ValidationError`` if a peeked field breaks its rule (a model id of
+    more than 128 characters, say).
+    """
+    try:
+        return _peek_decoder.decode(body)
+    except RecursionError:
+        # msgspec counts nesting against Python's recursion limit (skipped fields
+        # too) and raises RecursionError, which would surface as a bare 500. Catching
+        # it here costs nothing on the hot path, unlike a depth pre-scan of 115 KB.
+        raise msgspec.DecodeError("JSON is nested too deeply") from None
 
 
 def _first_real_block(system: Any) -> str | None:
@@ -145,7 +244,13 @@ def needs_identity(system_raw: msgspec.Raw | None) -> bool:
     """Whether the first real system block is not one of Claude Code's identity lines."""
     if not system_raw:
         return True
-    first = _first_real_block(msgspec.json.decode(system_raw))
+    try:
+        system = msgspec.json.decode(system_raw)
+    except RecursionError:
+        # Only a pathological body gets here (its peek barely passed): leave it alone
+        # and let the upstream refuse it rather than fail with a 500.
+        return False
+    first = _first_real_block(system)
     return first is None or first.strip() not in IDENTITY_LINES
 
 
@@ -157,6 +262,13 @@ def inject_identity(body: bytes, identity: str = CLAUDE_CODE_IDENTITY, *,
     user turn instead, and ``system`` holds only the identity: subscription tokens
     answer a long third-party system prompt with a 400 ("out of extra usage").
     """
+    try:
+        return _inject_identity(body, identity, relocate)
+    except RecursionError:
+        return body  # as in needs_identity: the upstream refuses it, no 500 from us
+
+
+def _inject_identity(body: bytes, identity: str, relocate: bool) -> bytes:
     doc = _raw_object_decoder.decode(body)
     raw = doc.get("system")
     system: Any = msgspec.json.decode(raw) if raw is not None else None

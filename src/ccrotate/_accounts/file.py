@@ -105,7 +105,11 @@ class AccountsFile:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the cross-process lock (blocking). Use from a thread in async code."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        # Beside the real file, not beside a symlink to it: two processes reaching the
+        # same file through different links (or one through a link, one directly) must
+        # take the same lock.
+        real = self.path.resolve()
+        lock_path = real.with_name(real.name + ".lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

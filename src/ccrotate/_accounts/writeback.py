@@ -41,6 +41,8 @@ def describe(exc: BaseException) -> str:
     """A short, token-free description of a write or lock failure."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
+    if isinstance(exc, AccountsFileError):
+        return scrub(exc.public_message())  # shown in the status API: no directory
     return scrub(str(exc)) or type(exc).__name__
 
 
@@ -95,11 +97,13 @@ class TokenFile:
         except AccountsFileError as exc:
             # Refreshing now would leave nowhere to save the result: wait for a good file.
             raise TransientRefreshError(
-                name, f"not refreshing while the accounts file is unusable ({exc})") from None
+                name, "not refreshing while the accounts file is unusable "
+                f"({exc.public_message()})") from None
         for acc in accounts:
             if acc.name == name and acc.kind is AccountKind.OAUTH:
                 return acc
-        raise RefreshError(name, f"is no longer an OAuth account in {self.accounts_file}")
+        raise RefreshError(name, "is no longer an OAuth account in "
+                           f"{self.accounts_file.path.name}")
 
     async def write(self, name: str, account: Account) -> None:
         """Write ``account``'s tokens into its entry (call with the lock held).

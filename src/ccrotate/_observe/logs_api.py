@@ -205,7 +205,10 @@ def logs_routes(store: LogStore, *, prefix: str = "/logs",
 
 def logs_app(store: LogStore, *, clock: Callable[[], float] = time.time) -> Starlette:
     """The query API as an app of its own (``/entries``, ``/analytics``) to mount anywhere."""
-    return Starlette(routes=logs_routes(store, prefix="", clock=clock))
+    app = Starlette(routes=logs_routes(store, prefix="", clock=clock))
+    # Starlette's trailing-slash redirect builds its Location from the Host header.
+    app.router.redirect_slashes = False
+    return app
 
 
 class ReadGuard:

@@ -8,8 +8,10 @@ left, quota utilisation), so gauges are never stale. ``prometheus_client`` is
 the optional extra ``ccrotate[metrics]`` and is imported only here.
 
 Label values stay bounded: routes, failover reasons and error types come from
-fixed sets, model ids beyond ``max_models`` distinct ones become ``"other"``,
-and nothing per-request (ids, paths) is ever a label.
+fixed sets; a model id is a label only if it keeps the proxy's model-id rule
+(``ccrotate._wire.MODEL_ID_SHAPE``, at most 128 characters) and fewer than
+``max_models`` distinct ones are in use, else it becomes ``"other"``; nothing
+per-request (ids, paths) is ever a label.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ccrotate._observe.pricing import PricingTable
 from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
 from ccrotate._proxy.record import Failover, RequestRecord
+from ccrotate._wire import MODEL_ID_SHAPE
 
 __all__ = ["MetricsApp", "PrometheusMetrics"]
 
@@ -40,7 +43,6 @@ TOKEN_KINDS = (("input", "input_tokens"), ("output", "output_tokens"),
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
                    600.0)
 TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-_MODEL_SHAPE = re.compile(r"[a-z0-9][a-z0-9._:@\[\]-]{0,79}")
 _OUTCOME_SHAPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
@@ -101,7 +103,9 @@ class PrometheusMetrics:
         self.registry = registry if registry is not None else pc.CollectorRegistry()
         self.pricing = pricing if pricing is not None else PricingTable.load()
         self.namespace = namespace
-        self._models = _Bounded(max_models, _MODEL_SHAPE)
+        # The same rule the proxy enforces on requests: anything it let through may be
+        # a label, garbage never (a record may come from elsewhere than the proxy).
+        self._models = _Bounded(max_models, MODEL_ID_SHAPE)
         self._outcomes = _Bounded(16, _OUTCOME_SHAPE)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._pools: list[AccountPool] = []

@@ -307,8 +307,11 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPException: _http_error, Exception: _server_error}
-    return Starlette(routes=routes, exception_handlers=handlers, middleware=[
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=[
         Middleware(_Guard, read_auth=read_auth, admin_auth=admin_auth)])
+    # Starlette's trailing-slash redirect builds its Location from the Host header.
+    app.router.redirect_slashes = False
+    return app
 
 
 class StatusMount(Mount):

@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccrotate._asgi import ASGIApp, Receive, Scope, Send, api_path, is_openai_client, send_bytes
+from ccrotate._asgi import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    api_path,
+    has_encoded_separator,
+    is_openai_client,
+    send_bytes,
+)
 from ccrotate._exceptions import ConfigError
 from ccrotate._pool.pool import AccountPool
 from ccrotate._proxy.attempts import AttemptLoop, Failed, LoopConfig, Refresher
@@ -197,7 +206,8 @@ class RotatingProxy:
         if (route is None and path.startswith("/v1/models/")
                 and _MODEL_ID.fullmatch(path[len("/v1/models/"):])):
             route = _MODELS
-        if route is None:
+        if route is None or has_encoded_separator(scope):
+            # An encoded slash would let the upstream path escape the route it matched.
             await _answer(send, Failed.of(404, "not_found_error", f"ccrotate: no route {path}"))
             return
         if scope["method"] != route.method:

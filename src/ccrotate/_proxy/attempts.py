@@ -30,7 +30,7 @@ from ccrotate._exceptions import (
 )
 from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.strategy import SelectionContext
-from ccrotate._proxy.headers import response_headers
+from ccrotate._proxy.headers import sanitize_error
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
 from ccrotate._upstream.base import Upstream, UpstreamResponse
 from ccrotate._upstream.providers import OutgoingRequest, Providers
@@ -315,7 +315,7 @@ async def _one(request: OutgoingRequest, account: Account, loop: AttemptLoop,
             body = await resp.read(loop.config.max_response_body)
             return Won(account, resp, [body], False, None)
         body = await resp.read(loop.config.max_response_body)
-        failed = Failed(status, response_headers(resp.raw_headers), body)
+        failed = Failed(status, *sanitize_error(status, resp.raw_headers, body))
         reason = _classify(status)
         if reason is None:
             return "client_error", failed
@@ -358,12 +358,9 @@ async def _peek_stream(account: Account, resp: UpstreamResponse,
         await resp.aclose()
         status = STATUS_OF_ERROR.get(type_, 500)
         reason = _classify(status) or "client_error"
-        # A 429 keeps the stream's rate-limit headers, but not its text/event-stream type.
-        headers = list(_JSON)
-        if status == 429:
-            headers += [(k, v) for k, v in response_headers(resp.raw_headers)
-                        if k != b"content-type"]
-        return reason, Failed(status, headers, scanner.error_data or error_body(type_, message))
+        # The stream's allowed headers (rate limits) with a JSON type, as for an HTTP error.
+        return reason, Failed(status, *sanitize_error(
+            status, resp.raw_headers, scanner.error_data or error_body(type_, message)))
     if not scanner.first_event_complete():
         await resp.aclose()
         return "connection", Failed.of(502, "api_error",

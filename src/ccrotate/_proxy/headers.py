@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["request_headers", "response_headers"]
+from ccrotate._wire import relayable_error
+
+__all__ = ["request_headers", "response_headers", "sanitize_error"]
 
 DEFAULT_VERSION = "2023-06-01"
 
@@ -48,7 +50,7 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[str,
     has_version = False
     for key, value in items:
         if key == b"x-account-name":
-            pinned = value.decode("latin-1").strip() or None
+            pinned = _pin(value)
         elif key == b"anthropic-beta":
             betas.append(value.decode("latin-1"))
         elif key not in drop:
@@ -58,6 +60,19 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[str,
     if not has_version:
         out.append(("anthropic-version", DEFAULT_VERSION))
     return out, (",".join(betas) if betas else None), pinned
+
+
+_NAME_MAX = 64  # account names are at most 64 characters (see _accounts.file)
+
+
+def _pin(value: bytes) -> str | None:
+    # A longer value names no account: the pool answers 400 "no account named ...",
+    # and that message echoes the name, so a megabyte header must not reach it whole.
+    # The cut value (65 characters, ending in an ellipsis) cannot match any account.
+    name = value.decode("latin-1").strip()
+    if len(name) > _NAME_MAX:
+        return name[:_NAME_MAX] + "\u2026"
+    return name or None
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -72,3 +87,27 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
         elif key == b"connection":
             named |= _connection_named(((key, value),))
     return [(k, v) for k, v in out if k not in named] if named else out
+
+
+# What a client learns from an upstream error besides its body: when to retry and
+# the limits behind it, the id to quote to Anthropic's support, nothing else
+# (cookies, server banners, internal tracing headers stay behind).
+_ERROR_KEEP = frozenset({b"retry-after", b"request-id", b"x-should-retry"})
+_ERROR_KEEP_PREFIX = b"anthropic-ratelimit-"
+_JSON = (b"content-type", b"application/json")
+
+
+def sanitize_error(status: int, raw_headers: Iterable[tuple[bytes, bytes]], body: bytes,
+                   ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """An upstream error response as the client may see it: allowed headers, minimal body.
+
+    Headers: ``retry-after``, ``request-id``, ``x-should-retry`` and
+    ``anthropic-ratelimit-*`` (lower-case), plus ``content-type: application/json``
+    for the re-serialised body (see :func:`~ccrotate._wire.relayable_error`).
+    """
+    headers = [_JSON]
+    for key, value in raw_headers:
+        key = key.lower()
+        if key in _ERROR_KEEP or key.startswith(_ERROR_KEEP_PREFIX):
+            headers.append((key, value))
+    return headers, relayable_error(status, body)

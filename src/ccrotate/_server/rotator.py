@@ -251,8 +251,11 @@ class _RotatorApp:
 
     def __init__(self, rotator: Rotator, routes: list[BaseRoute]) -> None:
         self.rotator = rotator
-        self._inner = RotationMiddleware(Starlette(routes=routes), proxy=rotator.proxy,
-                                         prefix="/api")
+        app = Starlette(routes=routes)
+        # Starlette answers /logs or /dashboard/ with a redirect built from the Host header;
+        # no route here needs it (StatusMount serves /status bare), so none is sent.
+        app.router.redirect_slashes = False
+        self._inner = RotationMiddleware(app, proxy=rotator.proxy, prefix="/api")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

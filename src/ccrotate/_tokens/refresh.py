@@ -416,7 +416,8 @@ class TokenRefresher:
     def _report_unsaved(self, name: str, account: Account, stale: Secret | None,
                         exc: BaseException) -> None:
         error = self._file.remember(name, account, stale, exc)
-        message = (f"new tokens could not be saved to {self.accounts_file} ({error}); "
+        where = self.accounts_file.path.name if self.accounts_file is not None else "?"
+        message = (f"new tokens could not be saved to {where} ({error}); "
                    "serving them from memory and retrying the write")
         log.error("account %r: %s", name, message)
         self.pool.report_failure(name, message)

@@ -96,14 +96,15 @@ class AccountsWatcher:
             return None
         if stamp is None:
             self._stamp = None
-            self._fail(f"{self.accounts_file.path}: file is missing")
+            self._fail(f"{self.accounts_file.path.name}: file is missing",
+                       f"{self.accounts_file.path}: file is missing")
             return None
         try:
             accounts, read_stamp = await anyio.to_thread.run_sync(
                 self.accounts_file.load_with_stamp)
         except AccountsFileError as exc:
             self._stamp = stamp  # the same bad bytes are not parsed (or logged) again
-            self._fail(str(exc))
+            self._fail(exc.public_message(), str(exc))
             return None
         # Changed again while we read it (a writer in the middle of its work): the next
         # round sees the final version. Checked with no await before replace_accounts,
@@ -126,12 +127,14 @@ class AccountsWatcher:
             return result
         return None
 
-    def _fail(self, message: str) -> None:
-        self.last_error = message
+    def _fail(self, public: str, logged: str) -> None:
+        # ``last_error`` is shown by the status API, so it names the file but not the
+        # directory it lives in; the operator's log gets the full path.
+        self.last_error = public
         self.last_error_at = self._clock()
         # AccountsFileError names the file, account and field, never a value.
         log.warning("accounts reload: %s; still serving the last good set (%d accounts)",
-                    message, len(self.pool))
+                    logged, len(self.pool))
 
 
 def _names(names: tuple[str, ...]) -> str:

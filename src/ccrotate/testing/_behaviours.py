@@ -99,6 +99,10 @@ class ApiError:
     details: Mapping[str, Any] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    body_extra: Mapping[str, Any] = field(default_factory=dict)
+    """Extra top-level fields of the error body (what a proxy must not relay)."""
+    error_extra: Mapping[str, Any] = field(default_factory=dict)
+    """Extra fields inside the body's ``error`` object."""
 
 
 @dataclass(frozen=True, kw_only=True)

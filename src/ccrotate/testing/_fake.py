@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -279,10 +279,15 @@ class FakeUpstream:
 
     def _error_plan(self, rec: RecordedRequest, status: int, error_type: str, message: str, *,
                     details: Any = None, headers: Sequence[tuple[bytes, bytes]] = (),
-                    delay: float = 0.0, limit_headers: bool = True) -> Plan:
-        """A complete error response with Anthropic's error body."""
+                    delay: float = 0.0, limit_headers: bool = True,
+                    body_extra: Mapping[str, Any] | None = None,
+                    error_extra: Mapping[str, Any] | None = None) -> Plan:
+        """A complete error response with Anthropic's error body (plus any extra fields)."""
         request_id = wire.make_id("req")
-        body = wire.encode(wire.error_body(error_type, message, request_id, details))
+        doc = wire.error_body(error_type, message, request_id, details)
+        doc["error"].update(error_extra or {})
+        doc.update(body_extra or {})
+        body = wire.encode(doc)
         all_headers = self._base_headers(request_id)
         if limit_headers:
             all_headers += self._limit_headers(rec)

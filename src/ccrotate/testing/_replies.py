@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ccrotate.testing import _wire as wire
@@ -27,7 +27,9 @@ class Upstream(Protocol):
 
     def _error_plan(self, rec: RecordedRequest, status: int, error_type: str, message: str, *,
                     details: Any = None, headers: Sequence[tuple[bytes, bytes]] = (),
-                    delay: float = 0.0, limit_headers: bool = True) -> Plan: ...
+                    delay: float = 0.0, limit_headers: bool = True,
+                    body_extra: Mapping[str, Any] | None = None,
+                    error_extra: Mapping[str, Any] | None = None) -> Plan: ...
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache")]
@@ -91,4 +93,6 @@ class ReplyPlanner:
         headers += _extra(error.headers)
         return self._fake._error_plan(rec, error.status, error.error_type, error.message,
                                       details=error.details, headers=headers,
-                                      delay=error.delay, limit_headers=False)
+                                      delay=error.delay, limit_headers=False,
+                                      body_extra=error.body_extra,
+                                      error_extra=error.error_extra)

@@ -98,7 +98,11 @@ class AnthropicRoute:
         if self.name != "models":
             try:
                 peek = peek_request(request.body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except msgspec.ValidationError as exc:
+                record.error_type = "invalid_request_error"
+                return Failed.of(400, "invalid_request_error",
+                                 f"ccrotate: invalid request body ({exc})")
+            except msgspec.DecodeError as exc:
                 record.error_type = "invalid_request_error"
                 return Failed.of(400, "invalid_request_error",
                                  f"ccrotate: request body is not valid JSON ({exc})")

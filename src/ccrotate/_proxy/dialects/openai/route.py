@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 import anyio
+import msgspec
 
 from ccrotate._asgi import api_path
 from ccrotate._exceptions import TranslationError
@@ -142,7 +143,15 @@ class _ChatRoute:
             record.error_type = "invalid_request_error"
             return Failed(400, [_JSON], translation_error_body(exc))
         record.model, record.stream = req.model, req.stream
-        peek = peek_request(req.body)
+        try:
+            peek = peek_request(req.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Only a configured alias can produce this (the client's own model was
+            # checked by the translator): a 400 naming it beats a bare 500.
+            record.error_type = "invalid_request_error"
+            return Failed(400, [_JSON], translation_error_body(TranslationError(
+                f"model {req.model!r} maps to an invalid upstream model id ({exc})",
+                param="model")))
         headers = request.scope["headers"]
         fwd, _, pinned = request_headers(headers)
         # ``user`` became metadata.user_id: the same session key as on /v1/messages.

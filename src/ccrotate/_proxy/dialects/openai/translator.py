@@ -16,6 +16,7 @@ from ccrotate._proxy.dialects.openai.errors import from_validation_error
 from ccrotate._proxy.dialects.openai.request import JSONMode, Sampling, build_request
 from ccrotate._proxy.dialects.openai.response import response_body
 from ccrotate._proxy.dialects.openai.stream import StreamTranslator
+from ccrotate._wire import MODEL_ID_MAX, USER_ID_MAX, valid_model_id, valid_user_id
 
 __all__ = ["CapabilitySource", "OpenAITranslator", "TranslatedRequest"]
 
@@ -104,6 +105,15 @@ class OpenAITranslator:
         with status 400 and :func:`translation_error_body`.
         """
         try:
+            return self._translate_request(body)
+        except RecursionError:
+            # msgspec raises it for deep nesting (against Python's recursion limit), in
+            # decoding or re-encoding; it is the client's malformed body, not a 500.
+            raise TranslationError("request body is not valid JSON: it is nested too deeply",
+                                   code="invalid_json") from None
+
+    def _translate_request(self, body: bytes) -> TranslatedRequest:
+        try:
             req = O.REQUEST_DECODER.decode(body)
         except msgspec.ValidationError as exc:
             raise from_validation_error(exc) from None
@@ -113,6 +123,18 @@ class OpenAITranslator:
         if not req.model:
             raise TranslationError("model must not be empty", param="model",
                                    code="invalid_value")
+        # The model and user end up in the access log, metric labels and affinity
+        # keys: the same bounds as on /v1/messages (see ccrotate._wire).
+        if not valid_model_id(req.model):
+            raise TranslationError(
+                f"model must be at most {MODEL_ID_MAX} characters of letters, digits and "
+                "._:@/[]- starting with a letter or digit", param="model",
+                code="invalid_value")
+        for param, value in (("user", req.user), ("safety_identifier", req.safety_identifier)):
+            if value is not None and not valid_user_id(value):
+                raise TranslationError(
+                    f"{param} must be at most {USER_ID_MAX} characters without control "
+                    "characters", param=param, code="invalid_value")
         model = self._aliases.get(req.model, req.model)
         caps = self._caps(model) if self._caps is not None else None
         message, json_tool = build_request(
