@@ -56,7 +56,7 @@ async def test_page_is_self_contained_with_a_strict_policy(pool: AccountPool) ->
     """One HTML page, nothing fetched from elsewhere, scripts allowed only by this nonce."""
     app = create_app(components=build_components(Settings(), pool=pool))
     transport = httpx.ASGITransport(app=app, root_path="/team")
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         r = await client.get("/dashboard")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
@@ -77,7 +77,7 @@ async def test_page_is_self_contained_with_a_strict_policy(pool: AccountPool) ->
     assert config["status"] == "/team/status/"
     assert config["analytics"] == "/team/logs/analytics"
     assert config["interval"] == 2000
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         assert (await client.get("/dashboard")).headers["content-security-policy"] != policy
 
 

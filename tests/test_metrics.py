@@ -210,7 +210,7 @@ async def test_metrics_route_in_the_reference_server(pool: AccountPool) -> None:
     settings = Settings(auth_tokens=("client-key-0123456789",))
     app = create_app(components=build_components(settings, pool=pool))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         refused = await client.get("/metrics")
         assert refused.status_code == 401
         r = await client.get("/metrics", headers={"authorization": "Bearer client-key-0123456789"})

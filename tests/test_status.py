@@ -83,7 +83,7 @@ def components_for(pool: AccountPool, accounts_file: AccountsFile | None = None,
 
 async def client_for(components: Components) -> httpx.AsyncClient:
     app = create_app(components=components)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
 
 
 @pytest.fixture
@@ -519,7 +519,7 @@ async def test_status_app_mounts_in_any_starlette_app(pool: AccountPool) -> None
     app = Starlette(routes=[StatusMount("/ops/pool", status_app(pool)),
                             Mount("/plain", app=status_app(pool))])
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
         bare = await c.get("/ops/pool")
         one = await c.get("/ops/pool/accounts/beta")
         plain = await c.get("/plain/accounts")

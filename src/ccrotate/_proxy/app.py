@@ -31,6 +31,7 @@ from ccrotate._asgi import (
     Send,
     api_path,
     is_openai_client,
+    json_body_ok,
     read_body,
     send_bytes,
 )
@@ -199,6 +200,11 @@ class RotatingProxy:
             await _refuse(send, openai, Failed.of(401, "authentication_error",
                                                   "ccrotate: invalid or missing client key"))
             return None
+        if not json_body_ok(scope):  # issue 12: text/plain is how web pages skip CORS
+            record.status, record.error_type = 415, "invalid_request_error"
+            await _refuse(send, openai, Failed.of(415, "invalid_request_error", "ccrotate: "
+                                                  "the request body must be application/json"))
+            return None
         try:
             return await read_body(scope, receive, self.config.max_body_size)
         except BodyTooLarge:
@@ -340,7 +346,7 @@ async def _refuse(send: Send, openai: bool, failed: Failed) -> None:
     # ({"error": {"message", "type", "param", "code"}}).
     if openai:
         from ccrotate._proxy.dialects.openai.errors import anthropic_error_to_openai
-        failed.status, failed.body = anthropic_error_to_openai(failed.status, failed.body)
+        _, failed.body = anthropic_error_to_openai(failed.status, failed.body)  # keep 415
     await _reply(send, failed)
 
 

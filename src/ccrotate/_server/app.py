@@ -30,6 +30,7 @@ from ccrotate._proxy.auth import ClientAuth
 from ccrotate._proxy.openai_route import OpenAIRoute
 from ccrotate._proxy.record import Observer
 from ccrotate._server.config import Settings
+from ccrotate._server.guard import RequestGuard
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate._upstream.base import Timeouts
@@ -134,8 +135,11 @@ def create_app(settings: Settings | None = None, *, pool: AccountPool | None = N
     # /api goes to the proxy before Starlette's router sees it (the middleware also opens
     # and closes the proxy's connection pool around this lifespan): the hot path pays for
     # one prefix check, not for route matching.
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(RotationMiddleware, proxy=c.proxy, prefix="/api")])
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[
+        # Issue 12: Host and Origin checks first, before any route (docs/security.md).
+        Middleware(RequestGuard, bind=c.settings.host, allowed_hosts=c.settings.allowed_hosts,
+                   allowed_origins=c.settings.allowed_origins),
+        Middleware(RotationMiddleware, proxy=c.proxy, prefix="/api")])
     app.state.ccrotate = c
     return app
 
