@@ -588,3 +588,32 @@ def test_websocket_gets_the_same_checks() -> None:
         with pytest.raises(InvalidStatus) as rebound:
             connect(url, additional_headers={"host": "evil.example"})
         assert rebound.value.response.status_code == 403
+
+
+def test_guard_arguments_are_validated_and_normalised() -> None:
+    """Library users get the settings' rules: bad names fail early, origins normalise."""
+    with pytest.raises(ValueError, match="allowed_hosts"):
+        RequestGuard(Starlette(), allowed_hosts=["pool.example.com:8080"])
+    with pytest.raises(ValueError, match="allowed_origins"):
+        RequestGuard(Starlette(), allowed_origins=["https://app.example/path"])
+    guard = RequestGuard(Starlette(), allowed_origins=["HTTPS://App.Example:443/"],
+                         allowed_hosts=["::1", "Pool.Example.com"])
+    assert guard.origins == {b"https://app.example"}
+    assert {b"[::1]", b"pool.example.com", b"localhost", b"127.0.0.1"} <= guard.hosts
+
+
+async def test_lifespan_and_other_scopes_pass_through() -> None:
+    """The guard never answers lifespan itself: the wrapped app's startup runs."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    async def never() -> Any:
+        raise AssertionError("the guard must not read lifespan messages")
+
+    async def no_send(message: Any) -> None:
+        raise AssertionError("the guard must not answer lifespan")
+
+    await RequestGuard(app)({"type": "lifespan"}, never, no_send)
+    assert seen == ["lifespan"]

@@ -25,8 +25,9 @@ from collections.abc import Iterable
 import msgspec
 
 from ccrotate._asgi import ASGIApp, Message, Receive, Scope, Send, send_bytes
+from ccrotate._server.config import _hosts, _origins
 
-__all__ = ["LOOPBACK_HOSTS", "RequestGuard", "normalize_host"]
+__all__ = ["LOOPBACK_HOSTS", "RequestGuard"]
 
 LOOPBACK_HOSTS: frozenset[str] = frozenset({"localhost", "127.0.0.1", "[::1]"})
 """Host names always admitted: they can only ever reach this machine."""
@@ -37,9 +38,9 @@ _PREFLIGHT_METHODS = b"GET, HEAD, POST"
 _JSON_HEADERS = ((b"content-type", b"application/json"), (b"cache-control", b"no-store"))
 
 
-def normalize_host(name: str) -> str:
-    """``name`` as it appears in a ``Host`` header without its port: lower-case, an IPv6
-    address in brackets (``::1`` -> ``[::1]``), compressed as browsers serialise it."""
+def _bind_host(name: str) -> str:
+    # The bind address as a Host header names it: lower case, IPv6 compressed and in
+    # brackets ("::1" -> "[::1]"), as browsers serialise it.
     name = name.strip().lower()
     bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
     if ":" in bare:
@@ -50,16 +51,16 @@ def normalize_host(name: str) -> str:
     return name
 
 
-def _refusal(status: int, type_: str, message: str) -> bytes:
+def _refusal(type_: str, message: str) -> bytes:
     # Anthropic's error shape; its "error" object holds the "message" that the status
     # API's and OpenAI's shapes use too, so every client shows the reason.
     return msgspec.json.encode({"type": "error", "error": {"type": type_, "message": message}})
 
 
-_BAD_HOST = _refusal(421, "invalid_request_error",
+_BAD_HOST = _refusal("invalid_request_error",
                      "ccrotate: this server does not answer to that Host name; add it to "
                      "allowed_hosts (CCROTATE_ALLOWED_HOSTS) if it is yours")
-_BAD_ORIGIN = _refusal(403, "permission_error",
+_BAD_ORIGIN = _refusal("permission_error",
                        "ccrotate: requests from other web origins are refused; add the "
                        "origin to allowed_origins (CCROTATE_ALLOWED_ORIGINS) to allow it")
 
@@ -88,20 +89,24 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = (),
                  allowed_origins: Iterable[str] = (), bind: str | None = None) -> None:
         self.app = app
-        hosts = {normalize_host(h) for h in allowed_hosts}
+        # The settings' own parsers: the same names are valid in code and in config files.
+        try:
+            hosts = set(_hosts(list(allowed_hosts)))
+        except ValueError as exc:
+            raise ValueError(f"allowed_hosts: expected {exc}") from None
+        try:
+            origins = _origins(list(allowed_origins))
+        except ValueError as exc:
+            raise ValueError(f"allowed_origins: expected {exc}") from None
         self.any_host = "*" in hosts
-        self.any_ip = bind is not None and normalize_host(bind) in _WILDCARDS
+        self.any_ip = bind is not None and _bind_host(bind) in _WILDCARDS
         if bind is not None and not self.any_ip:
-            hosts.add(normalize_host(bind))
+            hosts.add(_bind_host(bind))
         # Bytes, as the headers arrive: the per-request check is one lower() and a lookup.
-        self.hosts = frozenset(h.encode() if h.isascii() else h.encode("idna")
-                               for h in hosts | LOOPBACK_HOSTS)
-        # Browsers serialise origins in lower case without a trailing slash or a default
-        # port; configured ones are normalised the same way by the settings parser.
-        self.origins = frozenset(o.lower().encode("latin-1") for o in allowed_origins)
-        if b"*" in self.origins:
-            raise ValueError("allowed_origins: list origins explicitly; '*' would let "
-                             "every web page use the server")
+        self.hosts = frozenset(h.encode("latin-1") for h in hosts | LOOPBACK_HOSTS)
+        # Normalised as browsers serialise an origin (lower case, no default port), so a
+        # set lookup decides; '*' is refused by the parser.
+        self.origins = frozenset(o.encode("latin-1") for o in origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -114,6 +119,7 @@ class RequestGuard:
         for name, value in scope["headers"]:
             if name == b"host":
                 # Every Host header must pass, so no server or proxy picks an unchecked one.
+                # None at all passes: only HTTP/1.0 allows that, and no browser speaks it.
                 if not self._host_ok(value):
                     await self._refuse(scope, send, 421, _BAD_HOST)
                     return
@@ -122,8 +128,7 @@ class RequestGuard:
                 origin = value
             elif name == b"access-control-request-method":
                 preflight = True
-        # No Host at all is only legal in HTTP/1.0, which no browser speaks: not an attack.
-        if origin is None:
+        if origin is None:  # not a cross-origin browser request
             await self.app(scope, receive, send)
             return
         origin = origin.strip().lower()
