@@ -346,7 +346,7 @@ async def _refuse(send: Send, openai: bool, failed: Failed) -> None:
     # ({"error": {"message", "type", "param", "code"}}).
     if openai:
         from ccrotate._proxy.dialects.openai.errors import anthropic_error_to_openai
-        _, failed.body = anthropic_error_to_openai(failed.status, failed.body)  # keep 415
+        _, failed.body = anthropic_error_to_openai(failed.status, failed.body)  # 415 stays 415
     await _reply(send, failed)
 
 
