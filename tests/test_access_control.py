@@ -44,6 +44,7 @@ CLIENT = "ccr-client-QUOKKA-7f3e9a51"
 ADMIN = "ccr-admin-WOMBAT-c0d4e2b8"
 SECRETS = (API_KEY, ACCESS, REFRESH, CLIENT, ADMIN)
 MODEL = "claude-sonnet-4-6"
+JSON = {"content-type": "application/json"}  # what every real client sends with its body
 BODY = {"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -89,7 +90,7 @@ async def reference(upstream: ServerHandle[FakeUpstream], *, peer: str = "127.0.
     app = rotator.app
     transport = httpx.ASGITransport(app=app, client=(peer, 40000))
     async with rotator, httpx.AsyncClient(transport=transport,
-                                          base_url="http://ccrotate.test") as client:
+                                          base_url="http://localhost") as client:
         yield Server(app, pool, upstream.app, client)
 
 
@@ -217,7 +218,7 @@ async def test_openai_route_refuses_in_openai_shape(upstream: ServerHandle[FakeU
                                     headers={"authorization": "Bearer nope"})
         missing = await srv.client.post("/api/v1/chat/completions", json=chat)
         big = await srv.client.post("/api/v1/chat/completions", content=b"{" + b" " * 300 + b"}",
-                                    headers={"authorization": f"Bearer {CLIENT}"})
+                                    headers={"authorization": f"Bearer {CLIENT}", **JSON})
         srv.untouched()
         ok = await srv.client.post("/api/v1/chat/completions", json=chat,
                                    headers={"authorization": f"Bearer {CLIENT}"})
@@ -245,7 +246,7 @@ async def test_malformed_chat_request_gets_openai_400_and_is_not_forwarded(
         server: Server, body: bytes) -> None:
     """A malformed chat request is a 400 in OpenAI's shape; no message request goes upstream."""
     response = await server.client.post("/api/v1/chat/completions", content=body,
-                                        headers={"authorization": f"Bearer {CLIENT}"})
+                                        headers={"authorization": f"Bearer {CLIENT}", **JSON})
     openai_error(response, 400, "invalid_request_error")
     assert server.fake.requests_for(path="/v1/messages") == []
 
@@ -257,7 +258,7 @@ async def test_oversize_body_with_content_length_gets_413(upstream: ServerHandle
     """A declared body over max_body_size is refused with a clear 413 before anything else."""
     async with reference(upstream, max_body_size=1024) as srv:
         response = await srv.client.post("/api/v1/messages", content=b"{" + b" " * 2000 + b"}",
-                                         headers={"x-api-key": CLIENT})
+                                         headers={"x-api-key": CLIENT, **JSON})
         message = anthropic_error(response, 413, "request_too_large")
         assert "1024 bytes" in message
         srv.untouched()
@@ -276,7 +277,7 @@ async def test_oversize_body_in_many_chunks_without_length_gets_413(
 
     async with reference(upstream, max_body_size=4096) as srv:
         response = await srv.client.post("/api/v1/messages", content=chunks(),
-                                         headers={"x-api-key": CLIENT})
+                                         headers={"x-api-key": CLIENT, **JSON})
         anthropic_error(response, 413, "request_too_large")
         srv.untouched()
     assert sent < 500  # refused on the way, not after reading everything
@@ -288,7 +289,7 @@ async def test_body_of_exactly_the_limit_passes(upstream: ServerHandle[FakeUpstr
     async with reference(upstream, max_body_size=len(raw) + 40) as srv:
         padded = raw[:-1] + b" " * 40 + b"}"
         response = await srv.client.post("/api/v1/messages", content=padded,
-                                         headers={"x-api-key": CLIENT})
+                                         headers={"x-api-key": CLIENT, **JSON})
         assert response.status_code == 200, response.text
 
 
@@ -368,7 +369,7 @@ def raw_request(served: ServerHandle[Any], method: str, target: str,
     """Send one request line exactly as given (httpx would normalise it) and read the answer."""
     import socket
 
-    head = (f"{method} {target} HTTP/1.1\r\nhost: ccrotate.test\r\nx-api-key: {CLIENT}\r\n"
+    head = (f"{method} {target} HTTP/1.1\r\nhost: localhost\r\nx-api-key: {CLIENT}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode()
     with socket.create_connection((served.host, served.port), timeout=5) as sock:

@@ -55,7 +55,8 @@ async def test_page_is_self_contained_with_a_strict_policy(pool: AccountPool) ->
     """One HTML page, nothing fetched from elsewhere, scripts allowed only by this nonce."""
     rotator = Rotator(Settings(), pool=pool)
     transport = httpx.ASGITransport(app=rotator.app, root_path="/team")
-    async with rotator, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with rotator, httpx.AsyncClient(transport=transport,
+                                          base_url="http://localhost") as client:
         r = await client.get("/dashboard")
         again = await client.get("/dashboard")
     assert r.status_code == 200, r.text

@@ -34,8 +34,9 @@ CLIENT = "ccr-client-EDGES-4f1a"
 ADMIN = "ccr-admin-EDGES-9b2c"
 MODEL = "claude-sonnet-4-6"
 HELLO = [{"role": "user", "content": "hi"}]
-AUTH = {"x-api-key": CLIENT, "anthropic-version": "2023-06-01"}
-OPENAI_AUTH = {"authorization": f"Bearer {CLIENT}"}
+AUTH = {"x-api-key": CLIENT, "anthropic-version": "2023-06-01",
+        "content-type": "application/json"}
+OPENAI_AUTH = {"authorization": f"Bearer {CLIENT}", "content-type": "application/json"}
 ANTHROPIC_ROUTES = ("/api/v1/messages", "/api/v1/messages/count_tokens")
 CHAT = "/api/v1/chat/completions"
 DEEP = 100_000
@@ -258,7 +259,7 @@ def test_no_depth_near_the_limit_crashes_the_proxy(upstream: ServerHandle[FakeUp
 # -- 3. encoded slashes -----------------------------------------------------------------------
 
 def raw_request(served: ServerHandle[Any], method: str, target: str, body: bytes = b"",
-                host: str = "ccrotate.test") -> tuple[int, bytes]:
+                host: str = "localhost") -> tuple[int, bytes]:
     """Send one request line exactly as given (httpx would normalise it)."""
     head = (f"{method} {target} HTTP/1.1\r\nhost: {host}\r\nx-api-key: {CLIENT}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"

@@ -209,7 +209,8 @@ async def test_metrics_route_in_the_reference_server(pool: AccountPool) -> None:
     settings = Settings(auth_tokens=("client-key-0123456789",))
     rotator = Rotator(settings, pool=pool)
     transport = httpx.ASGITransport(app=rotator.app)
-    async with rotator, httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with rotator, httpx.AsyncClient(transport=transport,
+                                          base_url="http://localhost") as client:
         refused = await client.get("/metrics")
         assert refused.status_code == 401
         r = await client.get("/metrics", headers={"authorization": "Bearer client-key-0123456789"})

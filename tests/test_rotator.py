@@ -87,7 +87,7 @@ async def test_a_built_rotator_runs_nothing_and_its_app_refuses_clearly(
     assert not rotator.running
     assert getattr(rotator.upstream, "_session", None) is None
     transport = httpx.ASGITransport(app=rotator.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         answer = await client.post("/api/v1/messages", json={
             "model": "claude-sonnet-4-6", "max_tokens": 8, "messages": HELLO})
         status = await client.get("/status")
@@ -105,7 +105,8 @@ async def test_async_with_starts_and_stops_every_part(
     write_accounts(tmp_path / "accounts.json", fake)
     rotator = Rotator(settings_for(upstream_server, tmp_path / "accounts.json"))
     transport = httpx.ASGITransport(app=rotator.app)
-    async with rotator, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with rotator, httpx.AsyncClient(transport=transport,
+                                          base_url="http://localhost") as client:
         assert rotator.running
         # The refresher's first pass renews the due token.
         assert await eventually(lambda: fake.oauth.refresh_count() == 1)

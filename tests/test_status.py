@@ -86,7 +86,7 @@ def components_for(pool: AccountPool, accounts_file: AccountsFile | None = None,
 @contextlib.asynccontextmanager
 async def client_for(rotator: Rotator) -> AsyncIterator[httpx.AsyncClient]:
     async with rotator, httpx.AsyncClient(transport=httpx.ASGITransport(app=rotator.app),
-                                          base_url="http://t") as client:
+                                          base_url="http://localhost") as client:
         yield client
 
 
@@ -417,7 +417,7 @@ async def test_refresh_without_a_refresher_is_501(pool: AccountPool) -> None:
     """With no refresher wired the route says refresh is unavailable, as JSON."""
     app = StatusMount("/status", status_app(pool))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=[app])),
-                                 base_url="http://t") as c:
+                                 base_url="http://localhost") as c:
         response = await c.post("/status/accounts/beta/refresh")
     assert response.status_code == 501
     assert response.json()["error"]["type"] == "refresh_unavailable"
@@ -521,7 +521,7 @@ async def test_status_app_mounts_in_any_starlette_app(pool: AccountPool) -> None
     app = Starlette(routes=[StatusMount("/ops/pool", status_app(pool)),
                             Mount("/plain", app=status_app(pool))])
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
         bare = await c.get("/ops/pool")
         one = await c.get("/ops/pool/accounts/beta")
         plain = await c.get("/plain/accounts")

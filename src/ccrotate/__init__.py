@@ -51,6 +51,7 @@ from ccrotate._proxy.dialects.openai.route import OpenAIRoute
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
 from ccrotate._server.app import create_app
 from ccrotate._server.config import Settings, load_settings
+from ccrotate._server.guard import RequestGuard
 from ccrotate._server.rotator import Rotator
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
@@ -101,6 +102,7 @@ __all__ = [
     "QuotaSnapshot",
     "RefreshError",
     "ReloadResult",
+    "RequestGuard",
     "RequestRecord",
     "RotatingProxy",
     "RotationMiddleware",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-__all__ = ["ASGIApp", "Receive", "Scope", "Send", "api_path", "has_encoded_separator",
+__all__ = ["ASGIApp", "Receive", "Scope", "Send", "api_path", "from_browser",
+           "has_encoded_separator", "json_body_ok",
            "read_body", "route_path", "send_bytes"]
 
 Scope = MutableMapping[str, Any]
@@ -58,6 +59,34 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
+
+
+def json_body_ok(scope: Scope) -> bool:
+    """Whether the request's body, if any, is declared as JSON.
+
+    ``application/json`` or any ``application/*+json``, in any case and with any
+    parameters (``charset=utf-8``). Without a ``Content-Type`` only a request without a
+    body passes. Why it matters: a web page can send ``text/plain`` (or no type) to any
+    address without a CORS preflight, but never ``application/json``.
+    """
+    ctype = header(scope, b"content-type")
+    if ctype is None:
+        length = header(scope, b"content-length")
+        return (length is None or length.strip() == b"0") and (
+            header(scope, b"transfer-encoding") is None)
+    media = ctype.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/")
+                                            and media.endswith(b"+json"))
+
+
+def from_browser(scope: Scope) -> bool:
+    """Whether a web browser sent the request: it carries ``Origin`` or ``Sec-Fetch-*``.
+
+    Browsers add these themselves and pages cannot remove them; other clients (SDKs,
+    curl, Claude Code) send neither.
+    """
+    return any(name == b"origin" or name.startswith(b"sec-fetch-")
+               for name, _ in scope["headers"])
 
 
 def is_openai_client(scope: Scope) -> bool:

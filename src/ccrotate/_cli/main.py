@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Anthropic API base URL (default https://api.anthropic.com)")
     serve.add_argument("--allow-remote", dest="allow_remote", action="store_true", default=None,
                        help="allow a non-loopback bind without a client auth token")
+    serve.add_argument("--allowed-hosts", dest="allowed_hosts", metavar="NAMES",
+                       help="comma-separated host names the server answers to besides "
+                       "localhost and the bound address (e.g. its name behind a reverse proxy)")
 
     demo = sub.add_parser("demo", help="run the proxy in front of a fake upstream with three "
                           "demo accounts, show rotation and failover, then keep serving")

@@ -13,7 +13,9 @@ Who may call what is decided before routing (so unknown names are not even
 probed without a key): reads (``GET``/``HEAD``) need ``read_auth`` or
 ``admin_auth``, everything else needs ``admin_auth``. An authenticator left at
 ``None`` admits loopback peers only, which makes ``status_app(pool)`` safe to
-mount on any server. Responses never hold a credential: at most ``…a1b2``.
+mount on any server; for actions, only loopback peers that are not web browsers
+(no ``Origin``, no ``Sec-Fetch-*``), since any page can make a browser POST.
+Responses never hold a credential: at most ``…a1b2``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 
 from ccrotate._accounts.model import Account, AccountKind
-from ccrotate._asgi import ASGIApp, Receive, Scope, Send, route_path, send_bytes
+from ccrotate._asgi import ASGIApp, Receive, Scope, Send, from_browser, route_path, send_bytes
 from ccrotate._exceptions import InvalidGrant, RefreshError, UnknownAccount
 from ccrotate._observe.health import (
     AccountView,
@@ -159,6 +161,13 @@ class _Guard:
                 return None
             return self._refuse(scope, read=True)
         if admin_ok:
+            if self.admin_auth is None and from_browser(scope):
+                # The loopback rule trusts this machine's programs, not the web pages its
+                # browser shows: any page can make the browser POST here (docs/security.md).
+                return (403, "permission_error",
+                        "ccrotate status: admin actions from a web browser need the admin "
+                        "token; set CCROTATE_ADMIN_TOKEN and send it as x-api-key or "
+                        "Authorization: Bearer")
             return None
         if self.read_auth is not None and self.read_auth(scope["headers"]):
             return (403, "permission_error",
@@ -217,7 +226,8 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
         pool: the :class:`AccountPool` to show and act on.
         refresher: forces OAuth refreshes (``refresh(name, *, reason) -> Account``);
             without it the refresh route answers 501.
-        admin_auth: ``headers -> bool`` for actions (and reads); ``None``: loopback peers only.
+        admin_auth: ``headers -> bool`` for actions (and reads); ``None``: loopback peers
+            only, and for actions never a web browser.
         read_auth: ``headers -> bool`` for reads; ``None``: loopback peers only.
         reload_error: returns the last accounts-file reload error, shown as ``reloadError``.
     """

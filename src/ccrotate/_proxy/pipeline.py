@@ -20,7 +20,16 @@ from collections.abc import Callable, Sequence
 
 import anyio
 
-from ccrotate._asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, send_bytes
+from ccrotate._asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    json_body_ok,
+    read_body,
+    send_bytes,
+)
 from ccrotate._exceptions import UpstreamError, UpstreamProtocolError
 from ccrotate._proxy.attempts import AttemptLoop, Failed, Won
 from ccrotate._proxy.dialects.base import ClientRequest, Prepared, ResponseAdapter, Route
@@ -83,6 +92,12 @@ class Pipeline:
         if self.authenticate is not None and not self.authenticate(scope["headers"]):
             await _refuse(send, record, route, Failed.of(
                 401, "authentication_error", "ccrotate: invalid or missing client key"))
+            return None
+        if not json_body_ok(scope):
+            # text/plain is how a web page skips the CORS preflight (docs/security.md).
+            await _refuse(send, record, route, Failed.of(
+                415, "invalid_request_error",
+                "ccrotate: the request body must be application/json"))
             return None
         try:
             body = await read_body(scope, receive, self.max_body_size)

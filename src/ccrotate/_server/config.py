@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -156,6 +157,62 @@ def _tokens(raw: object) -> tuple[str, ...]:
     raise ValueError(f"a comma-separated list of tokens of {_TOKEN_CHARS}")
 
 
+def _items(raw: object) -> list[str] | None:
+    # A comma-separated string (env, .env, CLI) or a TOML list of strings; blanks dropped.
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if isinstance(items, list | tuple) and all(isinstance(i, str) for i in items):
+        return [i.strip() for i in cast("Iterable[str]", items) if i.strip()]
+    return None
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+                       r"(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _host_name(item: str) -> str | None:
+    name = item.lower()
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(bare)
+        return f"[{address.compressed}]" if address.version == 6 else address.compressed
+    return name if _HOSTNAME.fullmatch(name) else None
+
+
+def _hosts(raw: object) -> tuple[str, ...]:
+    items = _items(raw)
+    names = None if items is None else [_host_name(i) if i != "*" else i for i in items]
+    if names is None or None in names:
+        raise ValueError("a comma-separated list of host names or IP addresses without "
+                         "scheme or port (such as 'pool.example.com, 10.0.0.5'), or '*'")
+    return tuple(dict.fromkeys(cast("list[str]", names)))
+
+
+def _origin(item: str) -> str | None:
+    try:
+        parts = urlsplit(item)
+        port = parts.port
+    except ValueError:  # a bad port or bracketed host
+        return None
+    scheme = parts.scheme.lower()
+    host = _host_name(parts.hostname) if parts.hostname else None
+    if (scheme not in ("http", "https") or host is None or parts.username is not None
+            or parts.path not in ("", "/") or parts.query or parts.fragment or port == 0):
+        return None
+    # As a browser serialises an origin: lower case, no default port, no trailing slash.
+    default = 80 if scheme == "http" else 443
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def _origins(raw: object) -> tuple[str, ...]:
+    items = _items(raw)
+    origins = None if items is None else [_origin(i) for i in items]
+    if origins is None or None in origins:
+        # '*' is refused on purpose: it would let every web page spend the pool.
+        raise ValueError("a comma-separated list of origins such as 'https://app.example' "
+                         "(scheme, host and optional port; no path, no '*')")
+    return tuple(dict.fromkeys(cast("list[str]", origins)))
+
+
 def _pick(raw: object, options: tuple[str, ...]) -> str:
     if isinstance(raw, str) and raw.strip().lower() in options:
         return raw.strip().lower()
@@ -236,6 +293,11 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("admin_token", "CCROTATE_ADMIN_TOKEN", "security.admin_token",
           lambda raw: None if raw is None else _token(raw),
           "Bearer token for the admin endpoints.", secret=True),
+    _spec("allowed_hosts", "CCROTATE_ALLOWED_HOSTS", "security.allowed_hosts", _hosts,
+          "Host names the server answers to besides localhost, 127.0.0.1, [::1] and the "
+          "bound address ('*': any)."),
+    _spec("allowed_origins", "CCROTATE_ALLOWED_ORIGINS", "security.allowed_origins", _origins,
+          "Web origins whose pages may call the server (CORS); none by default."),
     _spec("max_body_size", "CCROTATE_MAX_BODY_SIZE", "security.max_body_size", _size,
           "Largest request body accepted, in bytes ('10MB' and '512KiB' work too)."),
     _spec("connect_timeout", "CCROTATE_CONNECT_TIMEOUT", "upstream.connect_timeout",
@@ -301,6 +363,8 @@ class Settings:
     relocate_system: bool = False
     auth_tokens: tuple[str, ...] = ()
     admin_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     max_body_size: int = 32 * 1024 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 600.0

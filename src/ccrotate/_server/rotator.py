@@ -40,6 +40,7 @@ from ccrotate._proxy.auth import ClientAuth
 from ccrotate._proxy.dialects.openai.route import OpenAIRoute
 from ccrotate._proxy.record import Observer
 from ccrotate._server.config import Settings
+from ccrotate._server.guard import RequestGuard
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
@@ -255,7 +256,11 @@ class _RotatorApp:
         # Starlette answers /logs or /dashboard/ with a redirect built from the Host header;
         # no route here needs it (StatusMount serves /status bare), so none is sent.
         app.router.redirect_slashes = False
-        self._inner = RotationMiddleware(app, proxy=rotator.proxy, prefix="/api")
+        settings = rotator.settings
+        # Host and Origin are checked before anything else (docs/security.md).
+        self._inner = RequestGuard(
+            RotationMiddleware(app, proxy=rotator.proxy, prefix="/api"), bind=settings.host,
+            allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

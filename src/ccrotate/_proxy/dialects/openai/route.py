@@ -54,6 +54,13 @@ def _openai_error(failed: Failed) -> Failed:
     return Failed(status, headers, body)
 
 
+def _openai_refusal(failed: Failed) -> Failed:
+    # ccrotate's own refusals keep their status (a 415 stays a 415): the mapping above
+    # is for upstream answers, whose statuses OpenAI clients read differently.
+    shown = _openai_error(failed)
+    return Failed(failed.status, shown.headers, shown.body)
+
+
 def _account(won: Won) -> tuple[bytes, bytes]:
     return (b"x-ccrotate-account", won.account.name.encode())
 
@@ -128,7 +135,7 @@ class _ChatRoute:
         self._owner = owner
 
     def refusal(self, failed: Failed) -> Failed:
-        return _openai_error(failed)
+        return _openai_refusal(failed)
 
     async def prepare(self, request: ClientRequest) -> Prepared | Failed:
         owner, record = self._owner, request.record
@@ -172,7 +179,7 @@ class _ModelsRoute:
         self._owner = owner
 
     def refusal(self, failed: Failed) -> Failed:
-        return _openai_error(failed)
+        return _openai_refusal(failed)
 
     async def prepare(self, request: ClientRequest) -> Prepared | Failed:
         aliases = self._owner.aliases
