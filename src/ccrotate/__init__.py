@@ -55,6 +55,7 @@ from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
 from ccrotate._upstream.base import Timeouts, Upstream, UpstreamResponse
+from ccrotate._upstream.httpx_transport import HTTPXUpstream
 from ccrotate._version import __version__
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "Failover",
     "FileFormat",
     "FirstAvailable",
+    "HTTPXUpstream",
     "HealthView",
     "InvalidGrant",
     "LogStore",
