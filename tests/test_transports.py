@@ -402,6 +402,28 @@ async def test_httpx_own_client_forwards_only_the_callers_agent(
     assert first["accept-encoding"] == "identity"
 
 
+async def test_httpx_aclose_of_a_half_read_stream_frees_its_connection(
+        fake_upstream: FakeUpstream, harness_served: str) -> None:
+    """aclose() mid-body releases the request in httpcore's pool and the fake sees it go."""
+    gate = Gate()
+    fake_upstream.script(KEY, Reply(hold=gate, hold_after=1))
+    try:
+        async with HTTPXUpstream() as upstream:
+            resp = await upstream.send("POST", harness_served + "/v1/messages", HEADERS,
+                                       messages_body(stream=True))
+            await anext(resp.chunks())
+            client = upstream.client
+            assert isinstance(client, httpx.AsyncClient)
+            pool = client._transport._pool  # type: ignore[attr-defined]
+            assert len(pool._requests) == 1
+            await resp.aclose()
+            assert pool._requests == []
+            with anyio.fail_after(5):
+                await fake_upstream.wait_cancelled_async(1)
+    finally:
+        gate.release()
+
+
 def test_httpx_refuses_what_it_cannot_honour() -> None:
     """Timeouts with a user's client, or a client that is not httpx's: ConfigError at once."""
     client = httpx.AsyncClient()
@@ -674,39 +696,51 @@ class RawClient:
         await proxy(scope, self.receive, self.send)
 
 
+@pytest.mark.parametrize("kind", ["asgi", "httpx"])
 @pytest.mark.parametrize("how", ["http.disconnect", "task.cancel"])
-async def test_proxy_client_leaving_reaches_the_in_process_upstream(
-        pool: AccountPool, how: str) -> None:
-    """A client leaving mid-stream (either way) makes the ASGI upstream see the disconnect."""
+async def test_proxy_client_leaving_reaches_the_upstream(
+        pool: AccountPool, fake_upstream: FakeUpstream, how: str, kind: str) -> None:
+    """A client leaving mid-stream (either way) reaches the upstream app as a disconnect,
+    and the transport is left with nothing running and no connection in use."""
     import asyncio
 
-    fake = FakeUpstream()
     gate = Gate()  # the reply stops after two events and never ends by itself
-    fake.script(KEY_A, Reply(hold=gate, hold_after=2))
-    proxy = RotatingProxy(pool, upstream=ASGIUpstream(fake), config=fast_config("http://fake"))
+    fake_upstream.script(KEY_A, Reply(hold=gate, hold_after=2))
     client = RawClient()
-    try:
-        async with proxy:
-            before = running_tasks()
-            task = asyncio.ensure_future(client.run(proxy))
-            with anyio.fail_after(5):
-                await client.streaming.wait()
-                if how == "http.disconnect":
-                    client.gone.set()
-                    await task
-                else:
-                    task.cancel()
-                    with pytest.raises(asyncio.CancelledError):
+    with contextlib.ExitStack() as stack:
+        if kind == "asgi":
+            upstream: Upstream = ASGIUpstream(fake_upstream)
+            url = "http://fake"
+        else:
+            upstream = HTTPXUpstream()
+            url = stack.enter_context(serve_app(fake_upstream)).url
+        proxy = RotatingProxy(pool, upstream=upstream, config=fast_config(url))
+        try:
+            async with proxy:
+                before = running_tasks()
+                task = asyncio.ensure_future(client.run(proxy))
+                with anyio.fail_after(5):
+                    await client.streaming.wait()
+                    if how == "http.disconnect":
+                        client.gone.set()
                         await task
-                await fake.wait_cancelled_async(1)
-            assert running_tasks() == before
-            assert {s.name: s.in_flight for s in pool.statuses()} == {"a": 0, "b": 0, "c": 0}
-    finally:
-        gate.release()
+                    else:
+                        task.cancel()
+                        with pytest.raises(asyncio.CancelledError):
+                            await task
+                    await fake_upstream.wait_cancelled_async(1)
+                assert running_tasks() == before
+                assert {s.name: s.in_flight for s in pool.statuses()} == {"a": 0, "b": 0, "c": 0}
+                if isinstance(upstream, HTTPXUpstream):
+                    own = upstream.client
+                    assert isinstance(own, httpx.AsyncClient)
+                    # Whoever closed it (httpcore on a cancelled read, or aclose), no
+                    # request stays listed in the pool, holding a connection.
+                    assert own._transport._pool._requests == []  # type: ignore[attr-defined]
+        finally:
+            gate.release()
     assert b"message_start" in b"".join(client.chunks)
-    assert fake.last_request.cancelled
-
-
+    assert fake_upstream.last_request.cancelled
 
 
 def test_proxy_over_asgi_upstream_answers_the_sdk(pool: AccountPool) -> None:
