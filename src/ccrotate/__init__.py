@@ -56,10 +56,13 @@ from ccrotate._server.rotator import Rotator
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
+from ccrotate._upstream.asgi_transport import ASGIUpstream
 from ccrotate._upstream.base import Timeouts, Upstream, UpstreamResponse
+from ccrotate._upstream.httpx_transport import HTTPXUpstream
 from ccrotate._version import __version__
 
 __all__ = [
+    "ASGIUpstream",
     "AccessLog",
     "Account",
     "AccountKind",
@@ -81,6 +84,7 @@ __all__ = [
     "Failover",
     "FileFormat",
     "FirstAvailable",
+    "HTTPXUpstream",
     "HealthView",
     "InvalidGrant",
     "LogStore",

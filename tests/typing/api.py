@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+import httpx2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -10,13 +12,17 @@ from ccrotate import (
     AccountKind,
     AccountPool,
     AccountState,
+    ASGIUpstream,
+    HTTPXUpstream,
     NoAccountAvailable,
     ProxyConfig,
     RotatingProxy,
     RotationMiddleware,
     Secret,
     Timeouts,
+    Upstream,
 )
+from ccrotate.testing import FakeUpstream
 
 
 def build() -> Starlette:
@@ -33,3 +39,15 @@ def build() -> Starlette:
     proxy = RotatingProxy(pool, config=ProxyConfig(timeouts=Timeouts(read=30.0)))
     del proxy
     return Starlette(middleware=[Middleware(RotationMiddleware, pool=pool, prefix="/api")])
+
+
+def transports(pool: AccountPool) -> list[RotatingProxy]:
+    """Each transport is an Upstream; the fake and Starlette apps are ASGI apps to it."""
+    upstreams: list[Upstream] = [
+        HTTPXUpstream(httpx.AsyncClient()),
+        HTTPXUpstream(httpx2.AsyncClient()),
+        HTTPXUpstream(timeouts=Timeouts(read=30.0)),
+        ASGIUpstream(FakeUpstream()),
+        ASGIUpstream(Starlette(), lifespan=True),
+    ]
+    return [RotatingProxy(pool, upstream=u) for u in upstreams]
