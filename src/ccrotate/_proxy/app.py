@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import secrets
 import time
@@ -24,6 +25,7 @@ import msgspec
 
 from ccrotate._asgi import (
     ASGIApp,
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -34,7 +36,7 @@ from ccrotate._asgi import (
     read_body,
     send_bytes,
 )
-from ccrotate._exceptions import UpstreamError
+from ccrotate._exceptions import ConfigError, UpstreamError
 from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.strategy import SelectionContext
 from ccrotate._proxy.attempts import Attempt, Failed, LoopConfig, Refresher, Won, run_attempts
@@ -82,6 +84,8 @@ class ProxyConfig:
             prompt into the first user turn (a workaround for subscription tokens that
             refuse long third-party system prompts with "out of extra usage").
         max_body_size: largest request body accepted (413 beyond).
+        body_timeout: seconds allowed to receive the whole request body (408 beyond);
+            ``None`` waits forever.
         timeouts: upstream connect/read timeouts and pool size.
         backoff_base, backoff_cap: pause before the next account after a 5xx/529.
     """
@@ -92,9 +96,15 @@ class ProxyConfig:
     identity: str = CLAUDE_CODE_IDENTITY
     relocate_system: bool = False
     max_body_size: int = 32 * 1024 * 1024
+    body_timeout: float | None = 60.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     backoff_base: float = 0.05
     backoff_cap: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.body_timeout is not None and not 0 < self.body_timeout < math.inf:
+            raise ConfigError("ProxyConfig.body_timeout must be a positive number of seconds "
+                              f"or None, not {self.body_timeout!r}")
 
 
 class RotatingProxy:
@@ -200,12 +210,20 @@ class RotatingProxy:
                                                   "ccrotate: invalid or missing client key"))
             return None
         try:
-            return await read_body(scope, receive, self.config.max_body_size)
+            return await read_body(scope, receive, self.config.max_body_size,
+                                   self.config.body_timeout)
         except BodyTooLarge:
             record.status, record.error_type = 413, "request_too_large"
             await _refuse(send, openai, Failed.of(
                 413, "request_too_large",
                 f"ccrotate: request body exceeds {self.config.max_body_size} bytes"))
+        except BodyTimeout:
+            record.status, record.error_type = 408, "timeout_error"
+            failed = Failed.of(408, "timeout_error", "ccrotate: request body not received "
+                               f"within {self.config.body_timeout:g} s")
+            # The rest of the body may still be trickling in: end the connection with it.
+            failed.headers.append((b"connection", b"close"))
+            await _refuse(send, openai, failed)
         except ClientGone:
             record.status, record.client_disconnected = 499, True
         return None
