@@ -82,7 +82,7 @@ def build_components(settings: Settings, *, pool: AccountPool | None = None,
     config = ProxyConfig(
         upstream_url=settings.upstream_url, max_attempts=settings.max_attempts,
         inject_identity=settings.inject_identity, relocate_system=settings.relocate_system,
-        max_body_size=settings.max_body_size,
+        max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
         timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
     auth = ClientAuth(settings.auth_tokens) if settings.auth_tokens else None
     # Token refresh and hot reload (see docs/tokens.md); nothing runs until the lifespan.
