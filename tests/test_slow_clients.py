@@ -15,13 +15,14 @@ import select
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from ccrotate import Account, AccountKind, AccountPool, ConfigError, ProxyConfig, Secret, Settings
-from ccrotate._cli.serve import fd_budget, uvicorn_options
+from ccrotate._cli.serve import _raise_fd_limit, fd_budget, run_server, uvicorn_options
 from ccrotate._server.app import build_components, create_app
 from ccrotate._server.uvicorn_guard import MAX_LINGERING
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
@@ -243,3 +244,40 @@ def test_blank_lines_do_not_hold_a_keep_alive_connection(fake_upstream: FakeUpst
             if select.select([sock], [], [], 0.2)[0]:
                 closed = sock.recv(65536) == b""
         assert closed, "blank lines kept the connection open"
+
+
+# -- ccrotate serve's wiring ---------------------------------------------------------------
+
+def test_serve_runs_uvicorn_with_the_guard_from_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_server hands uvicorn the guarded protocol built from the settings."""
+    import uvicorn
+
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(json.dumps({"version": 1, "accounts": {
+        "alpha": {"apiKey": "sk-ant-api03-slow-clients-aaaa"}}}))
+    ran: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw))
+    run_server(Settings(accounts_path=accounts, credentials_path=tmp_path / "none.json",
+                        header_timeout=3, max_connections=7, hot_reload=False))
+    assert ran["http"].header_timeout == 3.0
+    assert ran["http"].max_connections == 7
+
+
+def test_fd_limit_is_raised_to_the_budget_or_a_warning_says_what_to_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soft RLIMIT_NOFILE goes up to what max_connections needs when the hard limit
+    allows; when it does not, the warning names LimitNOFILE and the setting."""
+    import resource
+
+    set_to: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1500))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, limits: set_to.append(limits))
+    assert _raise_fd_limit(1200, max_connections=900) is None
+    assert set_to == [(1200, 1500)]
+    warning = _raise_fd_limit(2000, max_connections=1500)
+    assert warning is not None
+    assert "LimitNOFILE" in warning
+    assert "CCROTATE_MAX_CONNECTIONS" in warning
+    assert set_to == [(1200, 1500)]
+    assert _raise_fd_limit(1000, max_connections=800) is None  # the soft limit suffices
