@@ -7,11 +7,13 @@ descriptors until the process hits its limit and stops accepting. Neither can be
 from inside an ASGI app, which only runs once a head is complete, so
 :func:`guarded_protocol` subclasses uvicorn's httptools protocol (passed as ``http=``):
 
-- a timer armed when a connection opens, and again when the first byte of each further
+- a deadline set when a connection opens, and again when the first byte of each further
   request arrives, closes the connection if the head is not complete in time (with a
-  408 when part of a head came, silently when nothing did). Idle keep-alive connections
-  are uvicorn's ``timeout_keep_alive``'s; bytes that begin no request (blank lines) arm
-  the head timer too, so they cannot keep a connection open for ever.
+  408 when part of a head came, silently when nothing did). One periodic sweep per
+  server checks the deadlines, so a request pays for no timer of its own. Idle
+  keep-alive connections are uvicorn's ``timeout_keep_alive``'s; bytes that begin no
+  request (blank lines) set the head deadline too, so they cannot keep a connection
+  open for ever.
 - over ``max_connections`` open connections, a new one gets a 503 with ``retry-after``
   at once and is closed: quickly enough to cost one descriptor for at most a second,
   where the kernel would otherwise fail ``accept`` for everyone.
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -63,10 +65,15 @@ class _GuardedProtocol(HttpToolsProtocol):
     max_connections: int | None = None
     # The connections being served and the refused ones still lingering, per server
     # (uvicorn's own set holds both, so it cannot tell a full server from a flood).
-    served: set[_GuardedProtocol]
-    lingering: set[_GuardedProtocol]
+    served: ClassVar[set[_GuardedProtocol]]
+    lingering: ClassVar[set[_GuardedProtocol]]
+    # One sweep over the served connections every `sweep_every` seconds enforces the
+    # deadlines: a timer per request (uvloop call_later + cancel) measured 3.6-7.6 µs on
+    # the shared test machine, the deadline store and clock read used instead 0.3 µs.
+    sweep_every: ClassVar[float]
+    sweeper: ClassVar[asyncio.TimerHandle | None]
 
-    _head_timer: asyncio.TimerHandle | None = None
+    _head_deadline: float | None = None
     _head_started = False
     _overflow = False
 
@@ -96,7 +103,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().data_received(data)
         # uvicorn cancels its keep-alive timer on any byte. If those bytes began no
         # request (blank lines are skipped by the parser), nothing else is watching.
-        if (self._head_timer is None and self.timeout_keep_alive_task is None
+        if (self._head_deadline is None and self.timeout_keep_alive_task is None
                 and (self.cycle is None or self.cycle.response_complete)
                 and not self.transport.is_closing()):
             self._arm_head()
@@ -105,7 +112,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_started = True
         # The first request's deadline runs from the connection, not its first byte.
-        if self._head_timer is None:
+        if self._head_deadline is None:
             self._arm_head()
 
     def on_headers_complete(self) -> None:
@@ -114,16 +121,27 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _arm_head(self) -> None:
-        self._disarm_head()
-        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        self._head_deadline = self.loop.time() + self.header_timeout
+        cls = type(self)
+        if cls.sweeper is None:
+            cls.sweeper = self.loop.call_later(cls.sweep_every, cls._sweep, self.loop)
 
     def _disarm_head(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline = None
+
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        cls.sweeper = None
+        now = loop.time()
+        for connection in list(cls.served):
+            deadline = connection._head_deadline
+            if deadline is not None and now >= deadline:
+                connection._head_timed_out()
+        if cls.served:  # an idle server has nothing to sweep: the next connection restarts it
+            cls.sweeper = loop.call_later(cls.sweep_every, cls._sweep, loop)
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
+        self._head_deadline = None
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -169,7 +187,10 @@ def guarded_protocol(*, header_timeout: float,
     Pass the result as uvicorn's ``http=``. ``header_timeout`` is in seconds;
     ``max_connections=None`` leaves the number of connections unbounded.
     """
-    attrs: dict[str, Any] = {"header_timeout": header_timeout,
-                             "max_connections": max_connections,
-                             "served": set(), "lingering": set()}
+    attrs: dict[str, Any] = {
+        "header_timeout": header_timeout, "max_connections": max_connections,
+        "served": set(), "lingering": set(), "sweeper": None,
+        # A deadline acts up to one sweep late: at most a quarter of it, or a second.
+        "sweep_every": max(0.05, min(1.0, header_timeout / 4)),
+    }
     return type("GuardedHttpToolsProtocol", (_GuardedProtocol,), attrs)
