@@ -40,7 +40,8 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark suite: prints ratios against a direct connection, writes JSON."""
-    session.install("-e", ".[server,metrics]")
+    # granian for `--server granian`, the comparison in docs/benchmarks.md.
+    session.install("-e", ".[server,metrics]", "granian>=2.5")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

@@ -10,8 +10,10 @@ With ``--pin`` (the default when the machine has 2+ CPUs) the proxies run on CPU
 the upstream and load generator on CPU 0: the proxy under test has a core to itself and
 the figures move less from run to run.
 
-Usage: ``python benchmarks/run.py [--smoke] [--out FILE] [--no-pin]``. ``--smoke`` runs
-tiny counts in a few seconds (for CI); its figures mean nothing.
+Usage: ``python benchmarks/run.py [--smoke] [--out FILE] [--no-pin] [--server S]``.
+``--smoke`` runs tiny counts in a few seconds (for CI); its figures mean nothing.
+``--server`` picks what serves ccrotate: ``uvicorn`` (the default), ``guarded`` (uvicorn
+with ``ccrotate serve``'s protocol guard) or ``granian``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _procs import LoadGen, Proc  # noqa: E402
+from _serve import SERVERS  # noqa: E402
 from report import evaluate, render  # noqa: E402
 from server import KEYS  # noqa: E402
 
@@ -237,7 +240,8 @@ def meta(pin: bool) -> dict[str, Any]:
             "cpu_model": model, "python": platform.python_version(),
             "platform": platform.platform(), "pinned": pin,
             "versions": {"aiohttp": aiohttp.__version__, "uvicorn": uvicorn.__version__,
-                         "starlette": starlette.__version__}}
+                         "starlette": starlette.__version__,
+                         "granian": _version("granian")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--only", help="comma list of: latency,throughput,streams,failover,"
                                        "memory,translator")
+    parser.add_argument("--server", choices=SERVERS, default="uvicorn",
+                        help="the ASGI server under ccrotate: plain uvicorn, uvicorn with "
+                             "ccrotate serve's guard, or granian (the minimal proxy stays on "
+                             "plain uvicorn)")
     parser.add_argument("--ccrotate-path", help="import ccrotate from this directory in the "
                         "server (to compare a before/after tree of the same harness)")
     args = parser.parse_args(argv)
@@ -255,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p = plan(args.smoke)
     only = set(args.only.split(",")) if args.only else None
     started = time.monotonic()
-    info = {**meta(pin), "smoke": args.smoke, "ccrotate_path": args.ccrotate_path}
+    info = {**meta(pin), "smoke": args.smoke, "ccrotate_path": args.ccrotate_path,
+            "server": args.server}
 
     procs: dict[str, Proc] = {}
     lg: LoadGen | None = None
@@ -265,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{procs['upstream'].wait_port()}"
         procs["minimal"] = Proc("minimal", [py, str(HERE / "minimal_proxy.py"), "--upstream",
                                             url], proxy_cpu)
-        procs["ccrotate"] = Proc("ccrotate", [py, str(HERE / "server.py"), "--upstream", url],
+        procs["ccrotate"] = Proc("ccrotate", [py, str(HERE / "server.py"), "--upstream", url,
+                                             "--server", args.server],
                                  proxy_cpu, env={"PYTHONPATH": args.ccrotate_path}
                                  if args.ccrotate_path else None)
         procs["minimal"].wait_port()
@@ -307,6 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     print(render(result))
     print(f"\nwrote {out}")
     return 0
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def _has_taskset() -> bool:

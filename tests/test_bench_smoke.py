@@ -91,3 +91,28 @@ def test_table_is_printed(smoke: tuple[dict[str, Any], str]) -> None:
     for heading in ("1. Added latency", "2. Throughput", "3. Streams", "4. Failover",
                     "5. Memory", "6. OpenAI translator", "Goals"):
         assert heading in table
+
+
+@pytest.mark.parametrize("server", ["guarded", "granian"])
+def test_ccrotate_runs_under_each_server(server: str, tmp_path: Path) -> None:
+    """``--server`` serves ccrotate with uvicorn plus ``ccrotate serve``'s guard, or with
+    granian, and every request and stream still gets through."""
+    if server == "granian":
+        pytest.importorskip("granian")
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--only",
+         "latency,streams", "--server", server, "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["meta"]["server"] == server
+    # Smoke durations are tiny: on a busy machine a scenario may finish no request at all.
+    latency = [s["ccrotate"] for s in result["figures"]["latency"].values()]
+    assert sum(fig["requests"] for fig in latency) > 0
+    assert all(set(fig["statuses"]) <= {"200"} for fig in latency)
+    streams = [s for s in result["figures"]["streams"].values() if s["ccrotate"]["requests"]]
+    assert streams
+    for scenario in streams:
+        assert scenario["ccrotate"]["events_per_request"] == scenario["direct"][
+            "events_per_request"] > 0

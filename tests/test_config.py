@@ -61,6 +61,7 @@ def test_defaults(isolated: Path) -> None:
     assert (s.auth_tokens, s.admin_token) == ((), None)
     assert s.max_body_size == 32 * 1024 * 1024
     assert (s.connect_timeout, s.read_timeout) == (10.0, 600.0)
+    assert (s.header_timeout, s.body_timeout, s.max_connections) == (10.0, 60.0, 1000)
     assert dict(s.model_aliases) == {}
     assert (s.log_level, s.access_log_path) == ("info", None)
     assert set(s.sources.values()) == {"default"}
@@ -290,6 +291,9 @@ def test_tilde_expansion(tmp_path: Path, isolated: Path) -> None:
     ("CCROTATE_CONNECT_TIMEOUT", "nan", "expected a number of seconds > 0"),
     ("CCROTATE_READ_TIMEOUT", "inf", "expected a number of seconds > 0"),
     ("CCROTATE_READ_TIMEOUT", "soon", "expected a number of seconds > 0"),
+    ("CCROTATE_HEADER_TIMEOUT", "0", "expected a number of seconds > 0, got '0'"),
+    ("CCROTATE_BODY_TIMEOUT", "-5", "expected a number of seconds > 0, got '-5'"),
+    ("CCROTATE_MAX_CONNECTIONS", "0", "expected an integer >= 1, got '0'"),
     ("CCROTATE_LOG_LEVEL", "verbose", "expected one of 'debug', 'info', 'warning', 'error'"),
 ])
 def test_bad_env_value(var: str, raw: str, expected: str) -> None:
@@ -450,6 +454,9 @@ def test_full_example_config(tmp_path: Path) -> None:
 [server]
 host = "0.0.0.0"
 port = 9000
+header_timeout = 5
+body_timeout = 30.5
+max_connections = 200
 [security]
 allow_remote = true
 auth_tokens = ["client-token-1"]
@@ -478,6 +485,7 @@ duckdb_path = "/var/log/ccrotate.duckdb"
 """)
     s = load(config_path=toml)
     assert (s.host, s.port, s.allow_remote) == ("0.0.0.0", 9000, True)
+    assert (s.header_timeout, s.body_timeout, s.max_connections) == (5.0, 30.5, 200)
     assert (s.auth_tokens, s.admin_token) == (("client-token-1",), "admin-token-1")
     assert s.max_body_size == 16 * 2**20
     assert (s.accounts_path, s.rotation_enabled, s.hot_reload) == (

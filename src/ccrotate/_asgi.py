@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-__all__ = ["ASGIApp", "Receive", "Scope", "Send", "api_path", "from_browser",
-           "has_encoded_separator", "json_body_ok",
-           "read_body", "route_path", "send_bytes"]
+import anyio
+
+__all__ = ["ASGIApp", "BodyTimeout", "BodyTooLarge", "ClientGone", "Receive", "Scope", "Send",
+           "api_path", "from_browser", "has_encoded_separator", "json_body_ok", "read_body",
+           "route_path", "send_bytes"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -18,6 +20,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class BodyTooLarge(Exception):
     """The request body is larger than allowed."""
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive in full within the allowed time."""
 
 
 class ClientGone(Exception):
@@ -94,11 +100,26 @@ def is_openai_client(scope: Scope) -> bool:
     return header(scope, b"anthropic-version") is None and header(scope, b"x-api-key") is None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes as early as possible."""
+async def read_body(scope: Scope, receive: Receive, limit: int,
+                    time_limit: float | None = None) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes as early as possible.
+
+    With ``time_limit``, raises :class:`BodyTimeout` when the body has not arrived in full
+    that many seconds after the call: a client trickling its body would otherwise hold
+    the request (and its socket) open for as long as it likes.
+    """
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
+    if time_limit is None:
+        return await _read_body(receive, limit)
+    with anyio.move_on_after(time_limit):
+        return await _read_body(receive, limit)
+    # Reached only when the deadline cancelled the read: a return or a raise leaves above.
+    raise BodyTimeout
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

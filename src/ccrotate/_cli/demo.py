@@ -16,11 +16,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
 from ccrotate._cli.common import command
+
+if TYPE_CHECKING:
+    from ccrotate._server.config import Settings
 
 __all__ = ["run_demo"]
 
@@ -106,7 +109,7 @@ def _port_free(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def _serve_on(app: Any, port: int) -> Iterator[str]:
+def _serve_on(app: Any, port: int, settings: Settings) -> Iterator[str]:
     # serve_app picks a free port; a user who asked for one gets exactly that.
     import threading
 
@@ -114,7 +117,7 @@ def _serve_on(app: Any, port: int) -> Iterator[str]:
 
     from ccrotate._cli.serve import uvicorn_options
 
-    opts = {**uvicorn_options(), "log_level": "warning"}
+    opts = {**uvicorn_options(settings), "log_level": "warning"}  # as `ccrotate serve` runs
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **opts))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -135,6 +138,7 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
 
     ``port=0`` serves on 8080 when it is free, else on any free port.
     """
+    from ccrotate._cli.serve import uvicorn_options
     from ccrotate._server.config import Settings
     from ccrotate._server.rotator import Rotator
     from ccrotate.testing import FakeUpstream, serve_app
@@ -152,9 +156,9 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
         if port == 0 and _port_free(DEFAULT_PORT):
             port = DEFAULT_PORT  # the port the README and `ccrotate serve` use
         if port:
-            base = stack.enter_context(_serve_on(app, port))
+            base = stack.enter_context(_serve_on(app, port, settings))
         else:
-            base = stack.enter_context(serve_app(app)).url
+            base = stack.enter_context(serve_app(app, **uvicorn_options(settings))).url
         print(f"ccrotate demo: proxy on {base}, fake Anthropic upstream on {upstream.url}\n",
               file=out)
         with httpx.Client(base_url=base, timeout=30) as client:

@@ -1,4 +1,4 @@
-"""``ccrotate serve``: run the reference server with uvicorn."""
+"""``ccrotate serve``: run the reference server with uvicorn, guarded against slow clients."""
 
 from __future__ import annotations
 
@@ -11,19 +11,59 @@ from typing import Any
 from ccrotate._cli.common import command, settings_from
 from ccrotate._server.config import Settings
 
-__all__ = ["run_server", "uvicorn_options"]
+__all__ = ["fd_budget", "run_server", "uvicorn_options"]
 
 log = logging.getLogger("ccrotate")
 
+# Descriptors beyond connections: the listening socket, epoll, logs, the accounts file
+# and its lock, DuckDB, uvloop's internals, the odd token-refresh connection.
+FD_MARGIN = 64
 
-def uvicorn_options() -> dict[str, Any]:
-    """The fastest uvicorn set-up available here (httptools, uvloop), none required."""
+
+def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
+    """uvicorn's options for ccrotate: httptools and uvloop when installed; with
+    ``settings``, the request-head deadline and the connection cap, which need httptools.
+    """
     opts: dict[str, Any] = {"lifespan": "on", "access_log": False}
     if importlib.util.find_spec("httptools") is not None:
         opts["http"] = "httptools"
+        if settings is not None:
+            from ccrotate._server.uvicorn_guard import guarded_protocol
+            opts["http"] = guarded_protocol(header_timeout=settings.header_timeout,
+                                            max_connections=settings.max_connections)
+    elif settings is not None:
+        from ccrotate._exceptions import ConfigError
+        raise ConfigError("the server's request-head deadline and connection cap need "
+                          "httptools: pip install 'ccrotate[server]'")
     if importlib.util.find_spec("uvloop") is not None:
         opts["loop"] = "uvloop"
     return opts
+
+
+def fd_budget(settings: Settings, upstream_pool: int) -> int:
+    """File descriptors the server may need at worst: every client connection, the
+    refused ones lingering on their 503, the upstream pool, and a margin."""
+    from ccrotate._server.uvicorn_guard import MAX_LINGERING
+    # An upstream connection serves one client request at a time, so the pool never
+    # holds more than there are client connections.
+    return (settings.max_connections + MAX_LINGERING
+            + min(upstream_pool, settings.max_connections) + FD_MARGIN)
+
+
+def _raise_fd_limit(needed: int, max_connections: int) -> str | None:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` if the hard limit allows; else a warning."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return None
+    return (f"max_connections={max_connections} may need {needed} file descriptors but the "
+            f"limit is {hard}: raise LimitNOFILE, or lower CCROTATE_MAX_CONNECTIONS")
 
 
 def check_bind(settings: Settings) -> str | None:
@@ -57,6 +97,9 @@ def run_server(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
     if notice:
         log.warning(notice)
+    needed = fd_budget(settings, rotator.config.timeouts.pool_size)
+    if warning := _raise_fd_limit(needed, settings.max_connections):
+        log.warning(warning)
     log.info("ccrotate: %d account(s) from %s; clients use ANTHROPIC_BASE_URL=http://%s:%d/api",
              len(rotator.pool), rotator.accounts_file or "code", settings.host, settings.port)
     # Everything built so far lives for the whole process: keep the collector from
@@ -64,7 +107,7 @@ def run_server(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     uvicorn.run(rotator.app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                **uvicorn_options())
+                **uvicorn_options(settings))
 
 
 @command("serve")

@@ -7,6 +7,7 @@ request lives in the pipeline's locals, so one instance serves every request.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class ProxyConfig:
         request_timeout: seconds a client request may wait, across every attempt, for an
             account to start answering (504 beyond). A started stream is bounded by
             ``timeouts.read`` between chunks instead.
+        body_timeout: seconds the client has to send its whole body (408 and a closed
+            connection beyond); ``None`` waits forever.
     """
 
     upstream_url: str = "https://api.anthropic.com"
@@ -80,6 +83,7 @@ class ProxyConfig:
     backoff_base: float = 0.05
     backoff_cap: float = 1.0
     request_timeout: float = 600.0
+    body_timeout: float | None = 60.0
 
     def __post_init__(self) -> None:
         if not self.upstream_url.startswith(("http://", "https://")):
@@ -93,6 +97,9 @@ class ProxyConfig:
         if self.max_body_size < 1:
             raise ConfigError(f"ProxyConfig.max_body_size must be positive, "
                               f"not {self.max_body_size!r}")
+        if self.body_timeout is not None and not 0 < self.body_timeout < math.inf:
+            raise ConfigError("ProxyConfig.body_timeout must be a positive number of seconds "
+                              f"or None, not {self.body_timeout!r}")
         if not self.request_timeout > 0:
             raise ConfigError(f"ProxyConfig.request_timeout must be positive, "
                               f"not {self.request_timeout!r}")
@@ -156,7 +163,8 @@ class RotatingProxy:
                                              backoff_cap=config.backoff_cap))
         self.pipeline = Pipeline(loop, authenticate=authenticate, observers=self.observers,
                                  max_body_size=config.max_body_size,
-                                 request_timeout=config.request_timeout)
+                                 request_timeout=config.request_timeout,
+                                 body_timeout=config.body_timeout)
         self._routes: dict[str, Route] = {
             "/v1/messages": _MESSAGES, "/v1/messages/count_tokens": _COUNT_TOKENS,
             "/v1/models": _MODELS}

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from ccrotate._asgi import (
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -54,19 +55,22 @@ class Pipeline:
         max_body_size: largest request body accepted (413 beyond).
         request_timeout: seconds from the request's arrival until an account must have
             answered, across every attempt (504 beyond).
+        body_timeout: seconds the client has to send its whole body (408 beyond).
     """
 
-    __slots__ = ("authenticate", "loop", "max_body_size", "observers", "request_timeout")
+    __slots__ = ("authenticate", "body_timeout", "loop", "max_body_size", "observers",
+                 "request_timeout")
 
     def __init__(self, loop: AttemptLoop, *, authenticate: Authenticator | None = None,
                  observers: list[Observer] | None = None,
                  max_body_size: int = 32 * 1024 * 1024,
-                 request_timeout: float = 600.0) -> None:
+                 request_timeout: float = 600.0, body_timeout: float | None = 60.0) -> None:
         self.loop = loop
         self.authenticate = authenticate
         self.observers = observers if observers is not None else []
         self.max_body_size = max_body_size
         self.request_timeout = request_timeout
+        self.body_timeout = body_timeout
 
     async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request on ``route`` and tell the observers about it."""
@@ -100,11 +104,18 @@ class Pipeline:
                 "ccrotate: the request body must be application/json"))
             return None
         try:
-            body = await read_body(scope, receive, self.max_body_size)
+            body = await read_body(scope, receive, self.max_body_size, self.body_timeout)
         except BodyTooLarge:
             await _refuse(send, record, route, Failed.of(
                 413, "request_too_large",
                 f"ccrotate: request body exceeds {self.max_body_size} bytes"))
+            return None
+        except BodyTimeout:
+            failed = Failed.of(408, "timeout_error", "ccrotate: request body not received "
+                               f"within {self.body_timeout:g} s")
+            # The rest of the body may still be trickling in: end the connection with it.
+            failed.headers.append((b"connection", b"close"))
+            await _refuse(send, record, route, failed)
             return None
         except ClientGone:
             record.status, record.client_disconnected = 499, True

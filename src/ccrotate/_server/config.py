@@ -256,6 +256,14 @@ def _spec(name: str, env: str, toml: str, parse: Parser, help: str, *,
 FIELDS: tuple[FieldSpec, ...] = (
     _spec("host", "CCROTATE_HOST", "server.host", _text, "Interface the server binds."),
     _spec("port", "CCROTATE_PORT", "server.port", _int(1, 65535), "TCP port the server binds."),
+    _spec("header_timeout", "CCROTATE_HEADER_TIMEOUT", "server.header_timeout",
+          _seconds(zero_ok=False),
+          "Seconds a connection has to send a complete request head; closed (408) beyond."),
+    _spec("body_timeout", "CCROTATE_BODY_TIMEOUT", "server.body_timeout",
+          _seconds(zero_ok=False),
+          "Seconds a client has to send the whole request body; answered 408 beyond."),
+    _spec("max_connections", "CCROTATE_MAX_CONNECTIONS", "server.max_connections", _int(1),
+          "Open client connections served at once; more are answered 503 and closed."),
     _spec("allow_remote", "CCROTATE_ALLOW_REMOTE", "security.allow_remote", _bool,
           "Allow binding a non-loopback address without an auth token."),
     _spec("accounts_path", "CCROTATE_ACCOUNTS_PATH CCPROXY_ACCOUNTS_PATH",
@@ -346,6 +354,9 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 1000
     allow_remote: bool = False
     accounts_path: Path = Path("~/.claude/accounts.json")
     credentials_path: Path = Path("~/.claude/.credentials.json")

@@ -58,7 +58,8 @@ def _openai_refusal(failed: Failed) -> Failed:
     # ccrotate's own refusals keep their status (a 415 stays a 415): the mapping above
     # is for upstream answers, whose statuses OpenAI clients read differently.
     shown = _openai_error(failed)
-    return Failed(failed.status, shown.headers, shown.body)
+    close = [(k, v) for k, v in failed.headers if k == b"connection"]  # a 408 ends the socket
+    return Failed(failed.status, shown.headers + close, shown.body)
 
 
 def _account(won: Won) -> tuple[bytes, bytes]:
