@@ -217,6 +217,88 @@ def status_auth(auth_tokens: Sequence[str], admin_token: str | None,
 # -- the app --------------------------------------------------------------------------------
 
 
+class _Endpoints:
+    # The status API's handlers over one pool; status_app() routes to its methods.
+
+    def __init__(self, pool: AccountPool, refresher: ForceRefresher | None,
+                 reload_error: Callable[[], str | None] | None) -> None:
+        self.pool = pool
+        self.refresher = refresher
+        self.reload_error = reload_error
+
+    def known(self, request: Request) -> AccountStatus | Response:
+        name: str = request.path_params["name"]
+        try:
+            return self.pool.status(name)
+        except UnknownAccount as exc:
+            return _error(404, "not_found_error", str(exc))
+
+    def view(self, status: AccountStatus, **kwargs: Any) -> AccountView:
+        try:
+            account: Account | None = self.pool.account(status.name)
+        except UnknownAccount:  # removed by a reload meanwhile
+            account = None
+        return account_view(status, self.pool.now(), account=account, **kwargs)
+
+    async def overview(self, request: Request) -> Response:
+        statuses = self.pool.statuses()
+        return _json(PoolView(
+            next_account=self.pool.peek(),
+            reload_error=self.reload_error() if self.reload_error is not None else None,
+            accounts=[self.view(s) for s in statuses], **count_states(statuses)))
+
+    async def accounts(self, request: Request) -> Response:
+        return _json([self.view(s) for s in self.pool.statuses()])
+
+    async def one(self, request: Request) -> Response:
+        status = self.known(request)
+        return status if isinstance(status, Response) else _json(self.view(status))
+
+    async def enable(self, request: Request) -> Response:
+        return self.act(request, "enable", self.pool.enable)
+
+    async def disable(self, request: Request) -> Response:
+        return self.act(request, "disable", self.pool.disable)
+
+    def act(self, request: Request, action: str, fn: Callable[[str], None]) -> Response:
+        name: str = request.path_params["name"]
+        try:
+            fn(name)
+            status = self.pool.status(name)
+        except UnknownAccount as exc:
+            return _error(404, "not_found_error", str(exc))
+        _audit(request, action, name)
+        return _json(ActionResult(action=action, account=self.view(status)))
+
+    async def refresh(self, request: Request) -> Response:
+        status = self.known(request)
+        if isinstance(status, Response):
+            return status
+        if status.kind is not AccountKind.OAUTH:
+            return _error(409, "invalid_request_error",
+                          f"account {status.name!r} is not an OAuth account: "
+                          "an API key has nothing to refresh")
+        if self.refresher is None:
+            return _error(501, "refresh_unavailable",
+                          "ccrotate status: token refresh is unavailable in this server")
+        before = self.pool.account(status.name)
+        _audit(request, "refresh", status.name)
+        try:
+            renewed = await self.refresher.refresh(status.name, reason="forced by operator")
+        except UnknownAccount as exc:  # removed by a reload while refreshing
+            return _error(404, "not_found_error", str(exc))
+        except InvalidGrant as exc:
+            return _error(409, "invalid_grant", scrub(str(exc), before) or "")
+        except RefreshError as exc:
+            return _error(502, "refresh_failed", scrub(str(exc), before) or "")
+        try:
+            status = self.pool.status(status.name)
+        except UnknownAccount as exc:
+            return _error(404, "not_found_error", str(exc))
+        return _json(ActionResult(action="refresh",
+                                  account=self.view(status, expires_at=renewed.expires_at)))
+
+
 def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
                admin_auth: Authenticator | None = None, read_auth: Authenticator | None = None,
                reload_error: Callable[[], str | None] | None = None) -> Starlette:
@@ -231,89 +313,14 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
         read_auth: ``headers -> bool`` for reads; ``None``: loopback peers only.
         reload_error: returns the last accounts-file reload error, shown as ``reloadError``.
     """
-
-    def now() -> float:
-        return pool.now()
-
-    def known(request: Request) -> AccountStatus | Response:
-        name: str = request.path_params["name"]
-        try:
-            return pool.status(name)
-        except UnknownAccount as exc:
-            return _error(404, "not_found_error", str(exc))
-
-    def view(status: AccountStatus, **kwargs: Any) -> AccountView:
-        try:
-            account: Account | None = pool.account(status.name)
-        except UnknownAccount:  # removed by a reload meanwhile
-            account = None
-        return account_view(status, now(), account=account, **kwargs)
-
-    async def overview(request: Request) -> Response:
-        statuses = pool.statuses()
-        return _json(PoolView(
-            next_account=pool.peek(),
-            reload_error=reload_error() if reload_error is not None else None,
-            accounts=[view(s) for s in statuses], **count_states(statuses)))
-
-    async def accounts(request: Request) -> Response:
-        return _json([view(s) for s in pool.statuses()])
-
-    async def one(request: Request) -> Response:
-        status = known(request)
-        return status if isinstance(status, Response) else _json(view(status))
-
-    async def enable(request: Request) -> Response:
-        return act(request, "enable", pool.enable)
-
-    async def disable(request: Request) -> Response:
-        return act(request, "disable", pool.disable)
-
-    def act(request: Request, action: str, fn: Callable[[str], None]) -> Response:
-        name: str = request.path_params["name"]
-        try:
-            fn(name)
-            status = pool.status(name)
-        except UnknownAccount as exc:
-            return _error(404, "not_found_error", str(exc))
-        _audit(request, action, name)
-        return _json(ActionResult(action=action, account=view(status)))
-
-    async def refresh(request: Request) -> Response:
-        status = known(request)
-        if isinstance(status, Response):
-            return status
-        if status.kind is not AccountKind.OAUTH:
-            return _error(409, "invalid_request_error",
-                          f"account {status.name!r} is not an OAuth account: "
-                          "an API key has nothing to refresh")
-        if refresher is None:
-            return _error(501, "refresh_unavailable",
-                          "ccrotate status: token refresh is unavailable in this server")
-        before = pool.account(status.name)
-        _audit(request, "refresh", status.name)
-        try:
-            renewed = await refresher.refresh(status.name, reason="forced by operator")
-        except UnknownAccount as exc:  # removed by a reload while refreshing
-            return _error(404, "not_found_error", str(exc))
-        except InvalidGrant as exc:
-            return _error(409, "invalid_grant", scrub(str(exc), before) or "")
-        except RefreshError as exc:
-            return _error(502, "refresh_failed", scrub(str(exc), before) or "")
-        try:
-            status = pool.status(status.name)
-        except UnknownAccount as exc:
-            return _error(404, "not_found_error", str(exc))
-        return _json(ActionResult(action="refresh",
-                                  account=view(status, expires_at=renewed.expires_at)))
-
+    e = _Endpoints(pool, refresher, reload_error)
     routes = [
-        Route("/", overview, methods=["GET"]),
-        Route("/accounts", accounts, methods=["GET"]),
-        Route("/accounts/{name}", one, methods=["GET"]),
-        Route("/accounts/{name}/refresh", refresh, methods=["POST"]),
-        Route("/accounts/{name}/enable", enable, methods=["POST"]),
-        Route("/accounts/{name}/disable", disable, methods=["POST"]),
+        Route("/", e.overview, methods=["GET"]),
+        Route("/accounts", e.accounts, methods=["GET"]),
+        Route("/accounts/{name}", e.one, methods=["GET"]),
+        Route("/accounts/{name}/refresh", e.refresh, methods=["POST"]),
+        Route("/accounts/{name}/enable", e.enable, methods=["POST"]),
+        Route("/accounts/{name}/disable", e.disable, methods=["POST"]),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPException: _http_error, Exception: _server_error}

@@ -170,14 +170,7 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
     backoffs = 0
     while record.attempts < config.max_attempts:
         try:
-            try:
-                account = pool.acquire(again or attempt.pinned, exclude=tried,
-                                       context=attempt.context)
-            except (NoAccountAvailable, UnknownAccount):
-                # The refreshed account may be cooling, or gone with a reload meanwhile.
-                if again is None or attempt.pinned is not None:
-                    raise
-                account = pool.acquire(None, exclude=tried, context=attempt.context)
+            account = _acquire(pool, attempt, tried, again)
             again = None
         except UnknownAccount as exc:
             return Failed.of(400, "invalid_request_error", str(exc))
@@ -202,18 +195,7 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
                 return failed
             last = failed
             _note(record, observers, Failover(name, reason, failed.status))
-            if reason == "rate_limited":
-                _, _, code = parse_error(failed.body)
-                until = pool.report_rate_limited(name, _Headers(failed.headers),
-                                                 spend_cap=code == SPEND_CAP)
-                if not any(k == b"retry-after" for k, _ in failed.headers):
-                    failed.headers.append(
-                        (b"retry-after", str(max(1, math.ceil(until - pool.now()))).encode()))
-            elif reason == "auth":
-                _, message, _ = parse_error(failed.body)
-                pool.report_auth_error(name, f"upstream {failed.status}: {message}"[:200])
-            else:
-                pool.report_failure(name, f"{reason} ({failed.status})")
+            _report(pool, name, reason, failed)
             if attempt.pinned is not None:
                 return failed
             tried.append(name)
@@ -228,6 +210,33 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
     # Every pass of the loop either returns or sets ``last`` (max_attempts >= 1).
     return last if last is not None else Failed.of(503, "api_error", "ccrotate: no attempt made")
+
+
+def _acquire(pool: AccountPool, attempt: Attempt, tried: list[str],
+             again: str | None) -> Account:
+    try:
+        return pool.acquire(again or attempt.pinned, exclude=tried, context=attempt.context)
+    except (NoAccountAvailable, UnknownAccount):
+        # The refreshed account may be cooling, or gone with a reload meanwhile.
+        if again is None or attempt.pinned is not None:
+            raise
+        return pool.acquire(None, exclude=tried, context=attempt.context)
+
+
+def _report(pool: AccountPool, name: str, reason: str, failed: Failed) -> None:
+    # What a refusal means for the account; a 429 also tells the client when to retry.
+    if reason == "rate_limited":
+        _, _, code = parse_error(failed.body)
+        until = pool.report_rate_limited(name, _Headers(failed.headers),
+                                         spend_cap=code == SPEND_CAP)
+        if not any(k == b"retry-after" for k, _ in failed.headers):
+            failed.headers.append(
+                (b"retry-after", str(max(1, math.ceil(until - pool.now()))).encode()))
+    elif reason == "auth":
+        _, message, _ = parse_error(failed.body)
+        pool.report_auth_error(name, f"upstream {failed.status}: {message}"[:200])
+    else:
+        pool.report_failure(name, f"{reason} ({failed.status})")
 
 
 class _Headers:

@@ -218,6 +218,41 @@ def _json_spec(fmt: O.ResponseFormat | None) -> tuple[msgspec.Raw, str | None, b
     return None
 
 
+def _json_mode(req: O.ChatRequest, caps: ModelCapabilities | None, json_mode: JSONMode,
+               thinking_on: bool, kind: str, name: str | None, tools: list[A.ToolParam],
+               ) -> tuple[str, str | None, str | None, A.JSONFormat | None]:
+    """``response_format`` as native structured output or a forced JSON tool.
+
+    Returns the tool choice kind and name (changed when a JSON tool is forced), the JSON
+    tool's name when one is added to ``tools``, and the native output format.
+    """
+    spec = _json_spec(req.response_format)
+    if spec is None or kind in ("any", "tool"):
+        # With "required" or a named tool the reply is a tool call anyway, so the
+        # response format cannot apply to this turn and is left out.
+        return kind, name, None, None
+    schema, description, has_schema = spec
+    native = has_schema and (
+        json_mode == "native"
+        or (json_mode == "auto" and (thinking_on or (caps is not None
+                                                     and caps.structured_outputs))))
+    if native:
+        return kind, name, None, A.JSONFormat(schema=schema)
+    if thinking_on:
+        raise _unsupported("response_format", "JSON mode without a json_schema cannot "
+                           "be combined with reasoning_effort")
+    json_tool = JSON_TOOL
+    taken = {tool.name for tool in tools}
+    while json_tool in taken:
+        json_tool += "_"
+    detail = f" {description}" if description else ""
+    # Real tools stay callable ("any"); otherwise the JSON tool is forced.
+    kind, name = ("any", None) if tools and kind != "none" else ("tool", json_tool)
+    tools.append(A.ToolParam(name=json_tool, input_schema=schema,
+                             description=_JSON_TOOL_DESCRIPTION + detail))
+    return kind, name, json_tool, None
+
+
 def build_request(req: O.ChatRequest, model: str, caps: ModelCapabilities | None, *,
                   default_max_tokens: int, json_mode: JSONMode, sampling: Sampling,
                   prompt_cache: bool) -> tuple[A.MessagesRequest, str | None]:
@@ -231,32 +266,8 @@ def build_request(req: O.ChatRequest, model: str, caps: ModelCapabilities | None
                                               explicit, conv.tool_loop)
     thinking_on = thinking is not None and thinking.type != "disabled"
 
-    json_tool: str | None = None
-    output_format: A.JSONFormat | None = None
-    spec = _json_spec(req.response_format)
-    if spec is not None and kind not in ("any", "tool"):
-        # With "required" or a named tool the reply is a tool call anyway, so the
-        # response format cannot apply to this turn and is left out.
-        schema, description, has_schema = spec
-        native = has_schema and (
-            json_mode == "native"
-            or (json_mode == "auto" and (thinking_on or (caps is not None
-                                                         and caps.structured_outputs))))
-        if native:
-            output_format = A.JSONFormat(schema=schema)
-        elif thinking_on:
-            raise _unsupported("response_format", "JSON mode without a json_schema cannot "
-                               "be combined with reasoning_effort")
-        else:
-            json_tool = JSON_TOOL
-            taken = {tool.name for tool in tools}
-            while json_tool in taken:
-                json_tool += "_"
-            detail = f" {description}" if description else ""
-            # Real tools stay callable ("any"); otherwise the JSON tool is forced.
-            kind, name = ("any", None) if tools and kind != "none" else ("tool", json_tool)
-            tools.append(A.ToolParam(name=json_tool, input_schema=schema,
-                                     description=_JSON_TOOL_DESCRIPTION + detail))
+    kind, name, json_tool, output_format = _json_mode(req, caps, json_mode, thinking_on,
+                                                      kind, name, tools)
     if thinking_on and kind in ("any", "tool"):
         raise _unsupported("tool_choice", "a required or named tool_choice cannot be "
                            "combined with reasoning_effort")
