@@ -17,9 +17,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests, examples and benchmarks."""
-    session.install("ruff>=0.12")
+    """ruff over the package, tests, examples and benchmarks; the import-layer contracts."""
+    session.install("ruff>=0.12", "import-linter>=2.1", "-e", ".")
     session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("lint-imports")
 
 
 @nox.session
