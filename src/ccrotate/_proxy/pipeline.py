@@ -135,11 +135,14 @@ class Pipeline:
         # (the watcher cancels the scope; shielded cleanup inside still completes) for a
         # fraction of the cost, as anyio's task group took ~50 µs of CPU per request
         # (docs/benchmarks.md). The watcher is never awaited: it is parked in receive().
-        with anyio.CancelScope() as scope:
+        # The same scope carries the request deadline: it covers every attempt until an
+        # answer starts; a started answer is bounded by the read timeout between chunks.
+        with anyio.CancelScope(deadline=anyio.current_time() + self.request_timeout) as scope:
             watcher = asyncio.get_running_loop().create_task(
                 _watch_disconnect(receive, scope, record))
             try:
-                outcome = await self._attempts(prepared, record)
+                outcome = await self.loop.run(prepared.attempt, record)
+                scope.deadline = math.inf
                 if isinstance(outcome, Failed):
                     record.account = outcome.account
                     await _relay_error(send, prepared.adapter, outcome, record)
@@ -164,16 +167,19 @@ class Pipeline:
             # Servers answer receive() with http.disconnect once the response is complete,
             # and the watcher may read that before it is cancelled: not a client leaving.
             record.client_disconnected = False
+        elif scope.cancelled_caught and not record.client_disconnected:
+            await self._deadline_passed(send, prepared, record)
         if record.client_disconnected:
             record.status = 499
 
-    async def _attempts(self, prepared: Prepared, record: RequestRecord) -> Won | Failed:
-        # The deadline covers every attempt until an answer starts; a stream that has
-        # started is bounded by the read timeout between chunks instead.
-        with anyio.move_on_after(self.request_timeout):
-            return await self.loop.run(prepared.attempt, record)
-        return Failed.of(504, "api_error", "ccrotate: no account answered within "
-                         f"{math.ceil(self.request_timeout)} s (request_timeout)")
+    async def _deadline_passed(self, send: Send, prepared: Prepared,
+                               record: RequestRecord) -> None:
+        try:
+            await _relay_error(send, prepared.adapter, Failed.of(
+                504, "api_error", "ccrotate: no account answered within "
+                f"{math.ceil(self.request_timeout)} s (request_timeout)"), record)
+        except OSError:
+            record.client_disconnected = True
 
 
 async def _refuse(send: Send, record: RequestRecord, route: Route, failed: Failed) -> None:

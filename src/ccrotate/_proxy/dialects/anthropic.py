@@ -93,9 +93,10 @@ class AnthropicRoute:
 
     async def prepare(self, request: ClientRequest) -> Prepared | Failed:
         scope, record = request.scope, request.record
-        context = SelectionContext(headers=scope["headers"])
         wants_identity = False
-        if self.name != "models":
+        if self.name == "models":
+            context = SelectionContext(headers=scope["headers"])
+        else:
             try:
                 peek = peek_request(request.body)
             except msgspec.ValidationError as exc:
