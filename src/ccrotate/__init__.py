@@ -59,9 +59,17 @@ from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
 from ccrotate._upstream.asgi_transport import ASGIUpstream
 from ccrotate._upstream.base import Timeouts, Upstream, UpstreamResponse
 from ccrotate._upstream.httpx_transport import HTTPXUpstream
+from ccrotate._upstream.providers import (
+    APIKeyProvider,
+    OAuthProvider,
+    OutgoingRequest,
+    Provider,
+    Providers,
+)
 from ccrotate._version import __version__
 
 __all__ = [
+    "APIKeyProvider",
     "ASGIUpstream",
     "AccessLog",
     "Account",
@@ -94,14 +102,18 @@ __all__ = [
     "MetricsApp",
     "ModelPrice",
     "NoAccountAvailable",
+    "OAuthProvider",
     "Observer",
     "OpenAIRoute",
     "OpenAITranslator",
+    "OutgoingRequest",
     "PoolError",
     "PoolEvent",
     "PoolView",
     "PricingTable",
     "PrometheusMetrics",
+    "Provider",
+    "Providers",
     "ProxyConfig",
     "QuotaSnapshot",
     "RefreshError",

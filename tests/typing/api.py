@@ -51,3 +51,36 @@ def transports(pool: AccountPool) -> list[RotatingProxy]:
         ASGIUpstream(Starlette(), lifespan=True),
     ]
     return [RotatingProxy(pool, upstream=u) for u in upstreams]
+
+
+def composition() -> None:
+    """A Rotator mounts in a host app; providers and routes are typed seams."""
+    from starlette.routing import Mount
+
+    from ccrotate import (
+        AccountKind,
+        APIKeyProvider,
+        OAuthProvider,
+        OpenAIRoute,
+        OutgoingRequest,
+        Provider,
+        Providers,
+        Rotator,
+        Settings,
+    )
+
+    rotator = Rotator(Settings(upstream_url="http://127.0.0.1:9"), pool=AccountPool())
+    host = Starlette(routes=[Mount("/claude", app=rotator.app)], lifespan=rotator.lifespan)
+    del host
+    running: bool = rotator.running
+    del running
+    providers = Providers("https://api.anthropic.com",
+                          overrides={AccountKind.API_KEY: APIKeyProvider("http://127.0.0.1:9")})
+    provider: Provider = providers.for_account(
+        Account(name="a", kind=AccountKind.OAUTH, access_token=Secret("t")))
+    oauth: Provider = OAuthProvider("https://api.anthropic.com", identity=None)
+    request = OutgoingRequest("POST", "/v1/messages", [("anthropic-version", "2023-06-01")])
+    url: str = provider.url(Account(name="a", kind=AccountKind.API_KEY, api_key=Secret("k")),
+                            request)
+    del oauth, url
+    RotatingProxy(AccountPool(), openai=OpenAIRoute(), providers=providers)
