@@ -127,6 +127,8 @@ async def post_token(url: str, payload: dict[str, str], *, account: str,
             async with httpx.AsyncClient(timeout=request_timeout) as client:
                 resp = await client.post(url, json=payload, headers=TOKEN_HEADERS)
     except httpx.HTTPError as exc:
+        # Deliberately cut: httpx's error holds the request, whose body is the refresh
+        # token, and its text is unscrubbed; _network_error keeps a scrubbed summary.
         raise _network_error(account, exc) from None
     return parse_token_response(account, resp.status_code, resp.content, grant=grant)
 
@@ -144,5 +146,6 @@ def post_token_sync(url: str, payload: dict[str, str], *, account: str,
             with httpx.Client(timeout=timeout) as client:
                 resp = client.post(url, json=payload, headers=TOKEN_HEADERS)
     except httpx.HTTPError as exc:
+        # Cut on purpose, as in post_token: the request on the error carries the token.
         raise _network_error(account, exc) from None
     return parse_token_response(account, resp.status_code, resp.content, grant=grant)
