@@ -1,8 +1,11 @@
-"""Library hygiene: no assert in the package, no token on any exception's cause chain."""
+"""Library hygiene: no assert in the package, a light pytest plugin, no token in any cause."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -35,6 +38,37 @@ def test_remaining_asserts_are_only_in_the_files_being_rewritten() -> None:
     rewritten = {"_proxy/app.py", "_proxy/attempts.py", "_proxy/openai_route.py",
                  "_server/app.py"}
     assert {where.rsplit(":", 1)[0] for where in _asserts()} <= rewritten
+
+
+# Importable without a ccrotate import cost, so a test run (and `--cov`) starts clean.
+HEAVY = ("ccrotate._proxy", "ccrotate._server", "ccrotate._observe", "ccrotate._pool",
+         "ccrotate._tokens", "ccrotate._upstream", "ccrotate.testing._fake", "starlette",
+         "httpx", "anthropic", "uvicorn", "aiohttp", "anyio", "msgspec")
+
+
+def test_pytest_plugin_imports_nothing_heavy() -> None:
+    """Loading the pytest11 entry point pulls in neither the proxy nor its dependencies."""
+    code = ("import json, sys\n"
+            "import ccrotate.testing._plugin\n"
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert json.loads(out.stdout) == []
+
+
+def test_lazy_public_names_still_resolve() -> None:
+    """The lazy top-level package and ccrotate.testing give the same objects as the modules."""
+    code = ("import ccrotate, ccrotate.testing\n"
+            "from ccrotate._pool.pool import AccountPool\n"
+            "from ccrotate.testing._fake import FakeUpstream\n"
+            "assert ccrotate.AccountPool is AccountPool\n"
+            "assert ccrotate.testing.FakeUpstream is FakeUpstream\n"
+            "from ccrotate import RotatingProxy, __version__\n"
+            "print(__version__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
 
 
 TOKEN = "sk-ant-oat01-HYGIENEtoken7Qz9Wq3Lr8Vt2Yp5Kx1Mn4"

@@ -1,10 +1,17 @@
 """ccrotate: a pool of Claude accounts behind one Anthropic-compatible endpoint.
 
 The public surface is re-exported here; every module behind it is private.
+
+Names are imported on first use (PEP 562): ``import ccrotate`` alone, and the pytest
+plugin that pytest loads at start-up from ``ccrotate.testing``, cost no Starlette,
+aiohttp or proxy import. The exception tree and the version are cheap and eager.
 """
 
-from ccrotate._accounts.file import AccountsFile, FileFormat, discover_accounts_file
-from ccrotate._accounts.model import Account, AccountKind, Secret
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ccrotate._exceptions import (
     AccountsFileError,
     CCRotateError,
@@ -20,42 +27,115 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ccrotate._observe.accesslog import AccessLog, LoggingSink
-from ccrotate._observe.health import AccountView, HealthView, PoolView, health_endpoint
-from ccrotate._observe.logs_api import logs_app, logs_routes
-from ccrotate._observe.logstore import DuckDBLogStore, LogStore, MemoryLogStore
-from ccrotate._observe.metrics import MetricsApp, PrometheusMetrics
-from ccrotate._observe.pricing import ModelPrice, PricingTable
-from ccrotate._observe.status import StatusMount, status_app
-from ccrotate._pool.pool import (
-    AccountPool,
-    AccountStatus,
-    MemoryStateStore,
-    PoolEvent,
-    ReloadResult,
-    StateStore,
-)
-from ccrotate._pool.ratelimit import QuotaSnapshot, WindowQuota
-from ccrotate._pool.state import AccountRuntime, AccountState, Event
-from ccrotate._pool.strategy import (
-    Candidate,
-    FirstAvailable,
-    RoundRobin,
-    SelectionContext,
-    SelectionStrategy,
-)
-from ccrotate._proxy.app import ProxyConfig, RotatingProxy, RotationMiddleware
-from ccrotate._proxy.auth import ClientAuth
-from ccrotate._proxy.dialects.openai import OpenAITranslator, StreamTranslator, TranslatedRequest
-from ccrotate._proxy.openai_route import OpenAIRoute
-from ccrotate._proxy.record import Failover, Observer, RequestRecord
-from ccrotate._server.app import Components, build_components, create_app
-from ccrotate._server.config import Settings, load_settings
-from ccrotate._tokens.refresh import TokenRefresher
-from ccrotate._tokens.reload import AccountsWatcher
-from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
-from ccrotate._upstream.base import Timeouts, Upstream, UpstreamResponse
 from ccrotate._version import __version__
+
+if TYPE_CHECKING:
+    from ccrotate._accounts.file import AccountsFile, FileFormat, discover_accounts_file
+    from ccrotate._accounts.model import Account, AccountKind, Secret
+    from ccrotate._observe.accesslog import AccessLog, LoggingSink
+    from ccrotate._observe.health import AccountView, HealthView, PoolView, health_endpoint
+    from ccrotate._observe.logs_api import logs_app, logs_routes
+    from ccrotate._observe.logstore import DuckDBLogStore, LogStore, MemoryLogStore
+    from ccrotate._observe.metrics import MetricsApp, PrometheusMetrics
+    from ccrotate._observe.pricing import ModelPrice, PricingTable
+    from ccrotate._observe.status import StatusMount, status_app
+    from ccrotate._pool.pool import (
+        AccountPool,
+        AccountStatus,
+        MemoryStateStore,
+        PoolEvent,
+        ReloadResult,
+        StateStore,
+    )
+    from ccrotate._pool.ratelimit import QuotaSnapshot, WindowQuota
+    from ccrotate._pool.state import AccountRuntime, AccountState, Event
+    from ccrotate._pool.strategy import (
+        Candidate,
+        FirstAvailable,
+        RoundRobin,
+        SelectionContext,
+        SelectionStrategy,
+    )
+    from ccrotate._proxy.app import ProxyConfig, RotatingProxy, RotationMiddleware
+    from ccrotate._proxy.auth import ClientAuth
+    from ccrotate._proxy.dialects.openai import (
+        OpenAITranslator,
+        StreamTranslator,
+        TranslatedRequest,
+    )
+    from ccrotate._proxy.openai_route import OpenAIRoute
+    from ccrotate._proxy.record import Failover, Observer, RequestRecord
+    from ccrotate._server.app import Components, build_components, create_app
+    from ccrotate._server.config import Settings, load_settings
+    from ccrotate._tokens.refresh import TokenRefresher
+    from ccrotate._tokens.reload import AccountsWatcher
+    from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
+    from ccrotate._upstream.base import Timeouts, Upstream, UpstreamResponse
+
+# Public name -> the private module that defines it.
+_LAZY: dict[str, str] = {
+    "AccessLog": "ccrotate._observe.accesslog",
+    "Account": "ccrotate._accounts.model",
+    "AccountKind": "ccrotate._accounts.model",
+    "AccountPool": "ccrotate._pool.pool",
+    "AccountRuntime": "ccrotate._pool.state",
+    "AccountState": "ccrotate._pool.state",
+    "AccountStatus": "ccrotate._pool.pool",
+    "AccountView": "ccrotate._observe.health",
+    "AccountsFile": "ccrotate._accounts.file",
+    "AccountsWatcher": "ccrotate._tokens.reload",
+    "AiohttpUpstream": "ccrotate._upstream.aiohttp_transport",
+    "Candidate": "ccrotate._pool.strategy",
+    "ClientAuth": "ccrotate._proxy.auth",
+    "Components": "ccrotate._server.app",
+    "DuckDBLogStore": "ccrotate._observe.logstore",
+    "Event": "ccrotate._pool.state",
+    "Failover": "ccrotate._proxy.record",
+    "FileFormat": "ccrotate._accounts.file",
+    "FirstAvailable": "ccrotate._pool.strategy",
+    "HealthView": "ccrotate._observe.health",
+    "LogStore": "ccrotate._observe.logstore",
+    "LoggingSink": "ccrotate._observe.accesslog",
+    "MemoryLogStore": "ccrotate._observe.logstore",
+    "MemoryStateStore": "ccrotate._pool.pool",
+    "MetricsApp": "ccrotate._observe.metrics",
+    "ModelPrice": "ccrotate._observe.pricing",
+    "Observer": "ccrotate._proxy.record",
+    "OpenAIRoute": "ccrotate._proxy.openai_route",
+    "OpenAITranslator": "ccrotate._proxy.dialects.openai",
+    "PoolEvent": "ccrotate._pool.pool",
+    "PoolView": "ccrotate._observe.health",
+    "PricingTable": "ccrotate._observe.pricing",
+    "PrometheusMetrics": "ccrotate._observe.metrics",
+    "ProxyConfig": "ccrotate._proxy.app",
+    "QuotaSnapshot": "ccrotate._pool.ratelimit",
+    "ReloadResult": "ccrotate._pool.pool",
+    "RequestRecord": "ccrotate._proxy.record",
+    "RotatingProxy": "ccrotate._proxy.app",
+    "RotationMiddleware": "ccrotate._proxy.app",
+    "RoundRobin": "ccrotate._pool.strategy",
+    "Secret": "ccrotate._accounts.model",
+    "SelectionContext": "ccrotate._pool.strategy",
+    "SelectionStrategy": "ccrotate._pool.strategy",
+    "Settings": "ccrotate._server.config",
+    "StateStore": "ccrotate._pool.pool",
+    "StatusMount": "ccrotate._observe.status",
+    "StreamTranslator": "ccrotate._proxy.dialects.openai",
+    "Timeouts": "ccrotate._upstream.base",
+    "TokenRefresher": "ccrotate._tokens.refresh",
+    "TranslatedRequest": "ccrotate._proxy.dialects.openai",
+    "Upstream": "ccrotate._upstream.base",
+    "UpstreamResponse": "ccrotate._upstream.base",
+    "WindowQuota": "ccrotate._pool.ratelimit",
+    "build_components": "ccrotate._server.app",
+    "create_app": "ccrotate._server.app",
+    "discover_accounts_file": "ccrotate._accounts.file",
+    "health_endpoint": "ccrotate._observe.health",
+    "load_settings": "ccrotate._server.config",
+    "logs_app": "ccrotate._observe.logs_api",
+    "logs_routes": "ccrotate._observe.logs_api",
+    "status_app": "ccrotate._observe.status",
+}
 
 __all__ = [
     "AccessLog",
@@ -134,3 +214,16 @@ __all__ = [
     "logs_routes",
     "status_app",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ccrotate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
