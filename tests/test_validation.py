@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -25,12 +26,14 @@ from ccrotate import (
     MemoryLogStore,
     ModelPrice,
     PricingTable,
+    RefreshError,
     RoundRobin,
     Secret,
     TokenRefresher,
     logs_app,
     status_app,
 )
+from ccrotate._accounts.oauth import parse_token_response
 from ccrotate._observe.pricing import Rates
 
 # Distinctive fake secrets: a message that contains one has leaked it.
@@ -230,3 +233,12 @@ def test_replace_accounts_rejects_duplicates_and_keeps_the_pool() -> None:
     with pytest.raises(ConfigError, match="'a'"):
         p.replace_accounts([key_account(), key_account(weight=2)])
     assert p.names == ["a", "b"]
+
+
+def test_unusable_token_from_the_token_endpoint_is_a_refresh_error() -> None:
+    """A 200 carrying a token that Secret rejects fails the refresh, without quoting it."""
+    body = json.dumps({"access_token": ACCESS[:20] + " " + ACCESS[20:],
+                       "refresh_token": REFRESH, "expires_in": 3600}).encode()
+    with pytest.raises(RefreshError, match="unusable token") as caught:
+        parse_token_response("b", 200, body)
+    assert ACCESS[20:] not in str(caught.value)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from ccrotate._accounts.model import Account, Secret
-from ccrotate._exceptions import InvalidGrant, RefreshError
+from ccrotate._exceptions import ConfigError, InvalidGrant, RefreshError
 from ccrotate._wire import OAUTH_BETA
 
 if TYPE_CHECKING:
@@ -84,8 +84,12 @@ def parse_token_response(name: str, status: int, body: bytes, *,
             if (isinstance(access, str) and access and isinstance(expires, int | float)
                     and not isinstance(expires, bool) and expires > 0
                     and (refresh is None or (isinstance(refresh, str) and refresh))):
-                return TokenAnswer(Secret(access), Secret(refresh) if refresh else None,
-                                   float(expires))
+                try:
+                    return TokenAnswer(Secret(access), Secret(refresh) if refresh else None,
+                                       float(expires))
+                except ConfigError as exc:  # a token with spaces: its message has no token
+                    raise RefreshError(name, f"the token endpoint answered 200 with an "
+                                       f"unusable token ({exc})") from exc
         raise RefreshError(name, "the token endpoint answered 200 without a usable "
                            "access_token/expires_in")
     error = description = ""
