@@ -5,7 +5,9 @@ and timestamps what comes back in ``data_received`` (``time.perf_counter``): the
 response head, the first body byte, each complete SSE event (a ``\\n\\n`` in the
 de-chunked body) and the end. Closed loop: ``concurrency`` keep-alive connections
 each send the next request as soon as the previous answer ends, for a warm-up and
-then a measured period (or a request count, whichever ends first).
+then a measured period (or a request count, whichever ends first); the period is
+stretched until at least ``min_samples`` requests (default: one per connection) were
+measured, so that no figure comes back empty on a slow machine.
 
 Kinds (a JSON spec on argv, a JSON result on stdout):
 
@@ -193,6 +195,12 @@ async def closed(spec: dict[str, Any]) -> dict[str, Any]:
     measure_from = loop_start + spec.get("warmup", 0.3) + spec.get("stagger", 0)
     until = measure_from + spec.get("duration", 3.0)
     limit = spec.get("requests", 10**9)
+    # A window that closes by time alone can close before one round of requests has come
+    # back (c64 through a Python proxy on a busy 2-core machine takes longer than a smoke
+    # run's 80 ms), leaving a figure with no samples at all. So the window also waits for
+    # one measured request per client: never binding in a real run, where each client
+    # completes hundreds.
+    min_samples = min(limit, spec.get("min_samples", spec["concurrency"]))
     samples: list[Sample] = []
     errors: dict[str, int] = {}
     sent = 0
@@ -205,7 +213,7 @@ async def closed(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(random.uniform(0, spec["stagger"]))
         while True:
             now = time.perf_counter()
-            if now >= until or len(samples) >= limit:
+            if len(samples) >= limit or (now >= until and len(samples) >= min_samples):
                 return
             sent += 1
             try:

@@ -19,6 +19,7 @@ from ccrotate import (
     AccountKind,
     AccountsFile,
     AccountsFileError,
+    ConfigError,
     FileFormat,
     Secret,
     discover_accounts_file,
@@ -214,11 +215,15 @@ def test_update_on_malformed_file_raises_and_leaves_it_untouched(tmp_path: Path)
 
 
 def test_update_rejects_bad_new_name_without_writing(accounts_path: Path) -> None:
-    """A change that introduces an invalid account name raises and writes nothing."""
+    """An invalid account name fails when the Account is built, before any update can run."""
     before = accounts_path.read_bytes()
-    bad = Account(name="bad name", kind=AccountKind.API_KEY, api_key=Secret(API_KEY))
-    with pytest.raises(AccountsFileError, match="bad name"):
-        AccountsFile(accounts_path).update(lambda accs: {**accs, bad.name: bad})
+
+    def change(accs: dict[str, Account]) -> dict[str, Account]:
+        bad = Account(name="bad name", kind=AccountKind.API_KEY, api_key=Secret(API_KEY))
+        return {**accs, bad.name: bad}
+
+    with pytest.raises(ConfigError, match="bad name"):
+        AccountsFile(accounts_path).update(change)
     assert accounts_path.read_bytes() == before
 
 

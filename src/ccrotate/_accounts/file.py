@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,13 +32,12 @@ from typing import Any
 
 import msgspec
 
-from ccrotate._accounts.model import Account, AccountKind, Secret
-from ccrotate._exceptions import AccountsFileError
+from ccrotate._accounts.model import NAME_RE, Account, AccountKind, Secret
+from ccrotate._exceptions import AccountsFileError, ConfigError
 
 __all__ = ["AccountsFile", "FileFormat", "discover_accounts_file"]
 
 FILE_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 # Keys ccrotate owns inside one account object; everything else is the user's and is kept.
 _KNOWN = frozenset({"accessToken", "refreshToken", "expiresAt", "apiKey", "weight",
                     "priority", "disabled", "baseUrl"})
@@ -142,8 +140,7 @@ class AccountsFile:
         new = change(dict(current))
         if new is None:
             return list(snap.accounts)
-        for acc in new.values():
-            _check_name(str(self.path), acc.name)
+        # No name check here: an Account with a bad name cannot be built (Account.__post_init__).
         self._write(self._render(snap.doc, list(new.values())))
         return list(new.values())
 
@@ -155,16 +152,17 @@ class AccountsFile:
             with open(self.path, "rb") as f:
                 st = os.fstat(f.fileno())
                 raw = f.read()
-        except FileNotFoundError:
-            raise AccountsFileError(where, "file does not exist") from None
+        except FileNotFoundError as exc:
+            raise AccountsFileError(where, "file does not exist") from exc
         except OSError as exc:
-            raise AccountsFileError(where, f"cannot read: {exc.strerror}") from None
+            raise AccountsFileError(where, f"cannot read: {exc.strerror}") from exc
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         try:
             doc = _decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            # msgspec's message names the byte position, never the content.
-            raise AccountsFileError(where, f"not valid JSON ({exc})") from None
+            # msgspec's message names the byte position, never the content (a test holds
+            # it to that), so the cause can stay.
+            raise AccountsFileError(where, f"not valid JSON ({exc})") from exc
         if not isinstance(doc, dict):
             raise AccountsFileError(where, "top level must be a JSON object")
         if self.format is FileFormat.CLAUDE_CLI:
@@ -194,11 +192,11 @@ class AccountsFile:
         if self.format is FileFormat.CLAUDE_CLI:
             (acc,) = accounts
             entry = dict(out.get(_CLI_KEY) or {})
-            entry.update(_oauth_fields(acc))
+            entry.update(_oauth_fields(str(self.path), acc))
             out[_CLI_KEY] = entry
             return out
         out["version"] = FILE_VERSION
-        out["accounts"] = {acc.name: _serialise(acc) for acc in accounts}
+        out["accounts"] = {acc.name: _serialise(str(self.path), acc) for acc in accounts}
         return out
 
     def _write(self, doc: dict[str, Any]) -> None:
@@ -248,7 +246,7 @@ def _check_name(where: str, name: str) -> None:
         # (names end up in headers, logs and metric labels).
         raise AccountsFileError(where, f"an account name of {len(name)} characters looks "
                                 "like a credential or is too long (at most 64 characters)")
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise AccountsFileError(
             where, "account names are 1-64 characters of letters, digits and . _ @ + - "
             "(starting with a letter or digit)", account=name)
@@ -273,14 +271,14 @@ def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
             raise AccountsFileError(where, "has both apiKey and accessToken; keep one",
                                     account=name, field="apiKey")
         key = _token(where, name, entry, "apiKey")
-        return Account(name=name, kind=AccountKind.API_KEY, api_key=Secret(key),
-                       weight=weight, priority=priority, disabled=disabled,
-                       base_url=base_url, extra=extra)
+        return _account(where, name=name, kind=AccountKind.API_KEY, api_key=key,
+                        weight=weight, priority=priority, disabled=disabled, base_url=base_url,
+                        extra=extra)
     acc = _parse_oauth(where, name, entry)
-    return Account(name=name, kind=AccountKind.OAUTH, access_token=acc.access_token,
-                   refresh_token=acc.refresh_token, expires_at=acc.expires_at,
-                   weight=weight, priority=priority, disabled=disabled,
-                   base_url=base_url, extra=extra)
+    return _account(where, name=name, kind=AccountKind.OAUTH, access_token=acc.access_token,
+                    refresh_token=acc.refresh_token, expires_at=acc.expires_at,
+                    weight=weight, priority=priority, disabled=disabled, base_url=base_url,
+                        extra=extra)
 
 
 def _parse_oauth(where: str, name: str, entry: dict[str, Any]) -> Account:
@@ -293,17 +291,30 @@ def _parse_oauth(where: str, name: str, entry: dict[str, Any]) -> Account:
     if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
         raise AccountsFileError(where, "must be a positive number (epoch milliseconds)",
                                 account=name, field="expiresAt")
-    return Account(name=name, kind=AccountKind.OAUTH, access_token=Secret(access),
-                   refresh_token=Secret(refresh), expires_at=expires / 1000.0)
+    return _account(where, name=name, kind=AccountKind.OAUTH, access_token=access,
+                    refresh_token=refresh, expires_at=expires / 1000.0)
 
 
-def _token(where: str, name: str, entry: dict[str, Any], key: str) -> str:
+def _account(where: str, **fields: Any) -> Account:
+    # Each field was checked above with a file-specific message; whatever Account's own
+    # rules still reject (an infinite expiry, say) is reported against the file too.
+    try:
+        return Account(**fields)
+    except ConfigError as exc:
+        raise AccountsFileError(where, str(exc), account=fields["name"]) from exc
+
+
+def _token(where: str, name: str, entry: dict[str, Any], key: str) -> Secret:
     value = entry.get(key)
     if value is None:
         raise AccountsFileError(where, "is missing", account=name, field=key)
     if not isinstance(value, str) or not value.strip():
         raise AccountsFileError(where, "must be a non-empty string", account=name, field=key)
-    return value.strip()
+    try:
+        return Secret(value.strip())
+    except ConfigError as exc:
+        # Secret's message describes the problem without quoting the value.
+        raise AccountsFileError(where, str(exc), account=name, field=key) from exc
 
 
 def _opt_int(where: str, name: str, entry: dict[str, Any], key: str, default: int,
@@ -316,21 +327,23 @@ def _opt_int(where: str, name: str, entry: dict[str, Any], key: str, default: in
     return value
 
 
-def _oauth_fields(acc: Account) -> dict[str, Any]:
-    assert acc.access_token is not None
-    assert acc.refresh_token is not None
-    assert acc.expires_at is not None
-    return {"accessToken": acc.access_token.reveal(), "refreshToken": acc.refresh_token.reveal(),
-            "expiresAt": round(acc.expires_at * 1000)}
+def _oauth_fields(where: str, acc: Account) -> dict[str, Any]:
+    tokens = acc.oauth
+    if tokens is None:
+        # The Claude CLI file holds one OAuth login; an API key has no place in it.
+        raise AccountsFileError(where, "an API-key account cannot be written to this file",
+                                account=acc.name)
+    return {"accessToken": tokens.access_token.reveal(),
+            "refreshToken": tokens.refresh_token.reveal(),
+            "expiresAt": round(tokens.expires_at * 1000)}
 
 
-def _serialise(acc: Account) -> dict[str, Any]:
+def _serialise(where: str, acc: Account) -> dict[str, Any]:
     out = dict(acc.extra)
-    if acc.kind is AccountKind.API_KEY:
-        assert acc.api_key is not None
-        out["apiKey"] = acc.api_key.reveal()
+    if acc.oauth is None:
+        out["apiKey"] = acc.credential.reveal()
     else:
-        out.update(_oauth_fields(acc))
+        out.update(_oauth_fields(where, acc))
     if acc.weight != 1:
         out["weight"] = acc.weight
     if acc.priority != 0:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from ccrotate._accounts.model import Account, Secret
-from ccrotate._exceptions import InvalidGrant, RefreshError
+from ccrotate._exceptions import ConfigError, InvalidGrant, RefreshError
 from ccrotate._wire import OAUTH_BETA
 
 if TYPE_CHECKING:
@@ -84,8 +84,12 @@ def parse_token_response(name: str, status: int, body: bytes, *,
             if (isinstance(access, str) and access and isinstance(expires, int | float)
                     and not isinstance(expires, bool) and expires > 0
                     and (refresh is None or (isinstance(refresh, str) and refresh))):
-                return TokenAnswer(Secret(access), Secret(refresh) if refresh else None,
-                                   float(expires))
+                try:
+                    return TokenAnswer(Secret(access), Secret(refresh) if refresh else None,
+                                       float(expires))
+                except ConfigError as exc:  # a token with spaces: its message has no token
+                    raise RefreshError(name, f"the token endpoint answered 200 with an "
+                                       f"unusable token ({exc})") from exc
         raise RefreshError(name, "the token endpoint answered 200 without a usable "
                            "access_token/expires_in")
     error = description = ""
@@ -127,6 +131,8 @@ async def post_token(url: str, payload: dict[str, str], *, account: str,
             async with httpx.AsyncClient(timeout=request_timeout) as client:
                 resp = await client.post(url, json=payload, headers=TOKEN_HEADERS)
     except httpx.HTTPError as exc:
+        # Deliberately cut: httpx's error holds the request, whose body is the refresh
+        # token, and its text is unscrubbed; _network_error keeps a scrubbed summary.
         raise _network_error(account, exc) from None
     return parse_token_response(account, resp.status_code, resp.content, grant=grant)
 
@@ -144,5 +150,6 @@ def post_token_sync(url: str, payload: dict[str, str], *, account: str,
             with httpx.Client(timeout=timeout) as client:
                 resp = client.post(url, json=payload, headers=TOKEN_HEADERS)
     except httpx.HTTPError as exc:
+        # Cut on purpose, as in post_token: the request on the error carries the token.
         raise _network_error(account, exc) from None
     return parse_token_response(account, resp.status_code, resp.content, grant=grant)

@@ -29,12 +29,12 @@ def with_tokens_of(base: Account, source: Account) -> Account:
     """``base`` (its settings and unknown keys) carrying the tokens of ``source``."""
     if source is base:
         return base
-    assert source.access_token is not None
-    assert source.expires_at is not None
-    return base.with_tokens(
-        access_token=source.access_token.reveal(),
-        refresh_token=source.refresh_token.reveal() if source.refresh_token else None,
-        expires_at=source.expires_at)
+    tokens = source.oauth
+    if tokens is None:
+        raise RefreshError(source.name, "is an API-key account: it has no OAuth tokens to copy")
+    return base.with_tokens(access_token=tokens.access_token.reveal(),
+                            refresh_token=tokens.refresh_token.reveal(),
+                            expires_at=tokens.expires_at)
 
 
 def describe(exc: BaseException) -> str:
@@ -68,6 +68,13 @@ class TokenFile:
         self.accounts_file = accounts_file
         self.pending: dict[str, Unsaved] = {}
 
+    def _file(self, name: str) -> AccountsFile:
+        # read/write are only reached with a file (the refresher checks first); saying so
+        # here turns a wrong call into a refresh failure instead of an AttributeError.
+        if self.accounts_file is None:
+            raise RefreshError(name, "no accounts file to read or write tokens")
+        return self.accounts_file
+
     @contextlib.asynccontextmanager
     async def locked(self, name: str) -> AsyncGenerator[None]:
         """Hold the file's cross-process lock for the body (on behalf of account ``name``)."""
@@ -82,7 +89,7 @@ class TokenFile:
             await anyio.to_thread.run_sync(held.__enter__)
         except OSError as exc:
             raise TransientRefreshError(name, f"cannot lock the accounts file "
-                                        f"({describe(exc)})") from None
+                                        f"({describe(exc)})") from exc
         try:
             yield
         finally:
@@ -91,27 +98,25 @@ class TokenFile:
 
     async def read(self, name: str) -> Account:
         """Account ``name`` as the file holds it now (call with the lock held)."""
-        assert self.accounts_file is not None
+        file = self._file(name)
         try:
-            accounts = await anyio.to_thread.run_sync(self.accounts_file.load)
+            accounts = await anyio.to_thread.run_sync(file.load)
         except AccountsFileError as exc:
             # Refreshing now would leave nowhere to save the result: wait for a good file.
             raise TransientRefreshError(
                 name, "not refreshing while the accounts file is unusable "
-                f"({exc.public_message()})") from None
+                f"({exc.public_message()})") from exc
         for acc in accounts:
             if acc.name == name and acc.kind is AccountKind.OAUTH:
                 return acc
-        raise RefreshError(name, "is no longer an OAuth account in "
-                           f"{self.accounts_file.path.name}")
+        raise RefreshError(name, f"is no longer an OAuth account in {file.path.name}")
 
     async def write(self, name: str, account: Account) -> None:
         """Write ``account``'s tokens into its entry (call with the lock held).
 
         Raises ``OSError`` or :class:`AccountsFileError`; the file is then unchanged.
         """
-        assert self.accounts_file is not None
-        file = self.accounts_file
+        file = self._file(name)
 
         def change(accounts: dict[str, Account]) -> dict[str, Account]:
             current = accounts.get(name)

@@ -88,9 +88,9 @@ def run_server(settings: Settings) -> None:
     """Build the app from ``settings`` and serve it until interrupted."""
     try:
         import uvicorn
-    except ImportError:
+    except ImportError as exc:
         from ccrotate._exceptions import ConfigError
-        raise ConfigError("the server needs uvicorn: pip install 'ccrotate[server]'") from None
+        raise ConfigError("the server needs uvicorn: pip install 'ccrotate[server]'") from exc
     from ccrotate._server.rotator import Rotator
     notice = check_bind(settings)
     rotator = Rotator(settings)

@@ -20,6 +20,8 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
+from ccrotate._checks import at_least, positive
+from ccrotate._exceptions import ConfigError
 from ccrotate._observe.entries import Entry, entry_from_record
 from ccrotate._observe.logstore import LogStore, MemoryLogStore
 from ccrotate._observe.pricing import PricingTable
@@ -52,6 +54,9 @@ class LoggingSink:
 
     def __init__(self, logger: logging.Logger | str = "ccrotate.access", *,
                  level: int = logging.INFO) -> None:
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise ConfigError(f"LoggingSink.level: must be a logging level such as "
+                              f"logging.INFO (got {level!r})")
         self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.level = level
 
@@ -91,6 +96,10 @@ class AccessLog:
     def __init__(self, *, store: LogStore | None = None, sinks: Sequence[LogSink] | None = None,
                  pricing: PricingTable | None = None, flush_interval: float = 0.5,
                  batch_size: int = 500, max_pending: int = 50_000) -> None:
+        # Checked before anything is built: zero would spin the flusher or drop everything.
+        flush_interval = positive("AccessLog", "flush_interval", flush_interval)
+        batch_size = at_least("AccessLog", "batch_size", batch_size, 1)
+        max_pending = at_least("AccessLog", "max_pending", max_pending, 1)
         if store is None:
             store = MemoryLogStore()
         self.store: LogStore = store

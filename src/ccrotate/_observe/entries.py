@@ -98,6 +98,13 @@ class LogFilter:
     models: tuple[str, ...] = ()
     statuses: tuple[tuple[int, int], ...] = ()
 
+    def window(self) -> tuple[float, float]:
+        """``(since, until)``; ``ValueError`` when either is open (analytics needs both)."""
+        if self.since is None or self.until is None:
+            raise ValueError("LogFilter: analytics needs a bounded window, since and until "
+                             f"(got since={self.since!r}, until={self.until!r})")
+        return self.since, self.until
+
     def matches(self, entry: Mapping[str, Any]) -> bool:
         """Whether ``entry`` is selected."""
         ts = entry["ts"]

@@ -138,8 +138,10 @@ class ActionResult(_View):
 
 
 def _time(epoch: float | None) -> datetime | None:
-    if epoch is None:
-        return None
+    return None if epoch is None else _datetime(epoch)
+
+
+def _datetime(epoch: float) -> datetime:
     return datetime.fromtimestamp(round(epoch), UTC)
 
 
@@ -154,12 +156,10 @@ def _quota(quota: QuotaSnapshot | None) -> QuotaView | None:
     windows = {name: WindowView(utilization=_fraction(w.utilization), status=w.status,
                                 reset=_time(w.reset))
                for name, w in quota.windows.items()}
-    seen = _time(quota.seen_at)
-    assert seen is not None
     return QuotaView(status=quota.status, reset=_time(quota.reset),
                      representative_claim=quota.representative_claim,
-                     max_utilization=_fraction(quota.max_utilization()), seen_at=seen,
-                     windows=windows)
+                     max_utilization=_fraction(quota.max_utilization()),
+                     seen_at=_datetime(quota.seen_at), windows=windows)
 
 
 def scrub(text: str | None, account: Account | None) -> str | None:

@@ -31,6 +31,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ccrotate._asgi import ASGIApp, Receive, Scope, Send, send_bytes
+from ccrotate._checks import has_methods, is_callable
+from ccrotate._exceptions import ConfigError
 from ccrotate._observe.entries import LogFilter
 from ccrotate._observe.logstore import LogStore, decode_cursor
 
@@ -75,9 +77,9 @@ def parse_time(value: str, now: float, parameter: str) -> float:
         return number
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+    except ValueError as exc:
         raise BadParameter(parameter, "expected ISO 8601 (2026-11-20T10:00:00Z), epoch "
-                           "seconds, or an age such as 15m, 2h, 7d") from None
+                           "seconds, or an age such as 15m, 2h, 7d") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
@@ -158,6 +160,12 @@ def logs_routes(store: LogStore, *, prefix: str = "/logs",
         prefix: where the routes live.
         clock: epoch-seconds clock for ages and the default window.
     """
+    has_methods("logs_routes", "store", store, "entries", "analytics")
+    if not isinstance(prefix, str) or (prefix and (not prefix.startswith("/")
+                                                   or prefix.endswith("/"))):
+        raise ConfigError(f"logs_routes.prefix: must be empty or start with / and not end "
+                          f"with one (got {prefix!r})")
+    is_callable("logs_routes", "clock", clock)
 
     async def entries(request: Request) -> Response:
         try:
@@ -171,8 +179,8 @@ def logs_routes(store: LogStore, *, prefix: str = "/logs",
                     raise BadParameter("offset", "give cursor or offset, not both")
                 try:
                     decode_cursor(cursor)
-                except ValueError:
-                    raise BadParameter("cursor", "not a cursor from this API") from None
+                except ValueError as exc:
+                    raise BadParameter("cursor", "not a cursor from this API") from exc
         except BadParameter as exc:
             return _bad(exc)
         page = await store.entries(where, limit=limit, cursor=cursor, offset=offset)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from ccrotate._checks import at_least
 from ccrotate._exceptions import ConfigError
 from ccrotate._observe.entries import COLUMNS, Entry, LogFilter, iso_time
 
@@ -112,17 +113,15 @@ def _summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _window(where: LogFilter, bucket: float) -> dict[str, Any]:
-    assert where.since is not None
-    assert where.until is not None
-    return {"since": iso_time(where.since), "until": iso_time(where.until),
+    since, until = where.window()
+    return {"since": iso_time(since), "until": iso_time(until),
             "bucket_seconds": bucket}
 
 
 def _empty_series(where: LogFilter, bucket: float) -> list[dict[str, Any]]:
-    assert where.since is not None
-    assert where.until is not None
-    count = max(1, math.ceil((where.until - where.since) / bucket))
-    return [{"ts": where.since + i * bucket, "time": iso_time(where.since + i * bucket),
+    since, until = where.window()
+    count = max(1, math.ceil((until - since) / bucket))
+    return [{"ts": since + i * bucket, "time": iso_time(since + i * bucket),
              "requests": 0, "errors": 0, "cost_usd": 0.0, "output_tokens": 0}
             for i in range(count)]
 
@@ -135,7 +134,7 @@ class MemoryLogStore:
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
+        self.capacity = at_least("MemoryLogStore", "capacity", capacity, 1)
         self._ring: collections.deque[Entry] = collections.deque(maxlen=capacity)
         self._lock = threading.Lock()
 
@@ -176,12 +175,12 @@ class MemoryLogStore:
         rows = self._select(where)
         by_account: dict[Any, list[Entry]] = collections.defaultdict(list)
         by_model: dict[Any, list[Entry]] = collections.defaultdict(list)
+        since, _ = where.window()
         series = _empty_series(where, bucket)
-        assert where.since is not None
         for e in rows:
             by_account[e["account"]].append(e)
             by_model[e["model"]].append(e)
-            point = series[min(int((e["ts"] - where.since) // bucket), len(series) - 1)]
+            point = series[min(int((e["ts"] - since) // bucket), len(series) - 1)]
             point["requests"] += 1
             point["errors"] += e["error"]
             point["cost_usd"] += e["cost_usd"] or 0.0
@@ -268,11 +267,14 @@ class DuckDBLogStore:
     """
 
     def __init__(self, path: str | Path) -> None:
+        if not isinstance(path, str | Path) or not str(path).strip():
+            raise ConfigError(f"DuckDBLogStore.path: must be a file path or ':memory:' "
+                              f"(got {path!r})")
         try:
             import duckdb  # noqa: F401
-        except ImportError:
+        except ImportError as exc:
             raise ConfigError("the DuckDB access log needs duckdb: "
-                              "pip install 'ccrotate[duckdb]'") from None
+                              "pip install 'ccrotate[duckdb]'") from exc
         self.path = path if path == ":memory:" else Path(path).expanduser()
         self._conn: Any = None
         self._lock = threading.Lock()
@@ -335,8 +337,8 @@ class DuckDBLogStore:
         return LogPage(page, encode_cursor(page[-1]) if len(rows) > limit and page else None)
 
     async def analytics(self, where: LogFilter, *, bucket: float) -> dict[str, Any]:
+        since, _ = where.window()
         sql, params = _where_sql(where)
-        assert where.since is not None
         groups = (
             "SELECT GROUPING(account) AS ga, GROUPING(model) AS gm, account, model, "  # noqa: S608
             f"{_SUMMARY_SQL} FROM {_TABLE} WHERE {sql} "
@@ -348,7 +350,7 @@ class DuckDBLogStore:
 
         def query(conn: Any) -> tuple[list[Any], list[Any]]:
             return (conn.execute(groups, params).fetchall(),
-                    conn.execute(series_sql, [where.since, bucket, *params]).fetchall())
+                    conn.execute(series_sql, [since, bucket, *params]).fetchall())
 
         group_rows, series_rows = await self._run(query)
         totals = dict(zip(_SUMMARY_KEYS, [0] * len(_SUMMARY_KEYS), strict=True))

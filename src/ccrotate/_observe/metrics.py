@@ -16,6 +16,7 @@ per-request (ids, paths) is ever a label.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import anyio
 
 from ccrotate._asgi import Receive, Scope, Send, send_bytes
+from ccrotate._checks import at_least, positive
+from ccrotate._exceptions import ConfigError
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
@@ -44,6 +47,18 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 
                    600.0)
 TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 _OUTCOME_SHAPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _buckets(owner: str, field: str, values: Iterable[float]) -> tuple[float, ...]:
+    # prometheus_client would reject unsorted ones too, but without naming the argument.
+    buckets = tuple(values)
+    for value in buckets:
+        positive(owner, field, value)
+    if not buckets or any(a >= b for a, b in itertools.pairwise(buckets)):
+        raise ConfigError(f"{owner}.{field}: must be increasing upper bounds in seconds "
+                          f"(got {buckets!r})")
+    return buckets
 
 
 def _prometheus() -> Any:
@@ -51,9 +66,9 @@ def _prometheus() -> Any:
         import prometheus_client
         import prometheus_client.core
         import prometheus_client.exposition
-    except ImportError:
+    except ImportError as exc:
         raise ImportError("metrics need prometheus-client: "
-                          "pip install 'ccrotate[metrics]'") from None
+                          "pip install 'ccrotate[metrics]'") from exc
     return prometheus_client
 
 
@@ -79,6 +94,18 @@ class _Bounded:
         return value
 
 
+def _checked(namespace: str, max_models: int, latency: Iterable[float],
+             ttfb: Iterable[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # PrometheusMetrics' arguments, checked before any metric is registered.
+    owner = "PrometheusMetrics"
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise ConfigError(f"{owner}.namespace: must be a Prometheus name prefix, letters, "
+                          f"digits and _ not starting with a digit (got {namespace!r})")
+    at_least(owner, "max_models", max_models, 0)
+    return (_buckets(owner, "latency_buckets", latency),
+            _buckets(owner, "ttfb_buckets", ttfb))
+
+
 class PrometheusMetrics:
     """ccrotate's Prometheus metrics (see ``docs/observability.md`` for names and labels).
 
@@ -99,6 +126,8 @@ class PrometheusMetrics:
                  pricing: PricingTable | None = None, namespace: str = "ccrotate",
                  max_models: int = 32, latency_buckets: Iterable[float] = LATENCY_BUCKETS,
                  ttfb_buckets: Iterable[float] = TTFB_BUCKETS) -> None:
+        latency_buckets, ttfb_buckets = _checked(namespace, max_models, latency_buckets,
+                                                 ttfb_buckets)
         pc = _prometheus()
         self.registry = registry if registry is not None else pc.CollectorRegistry()
         self.pricing = pricing if pricing is not None else PricingTable.load()

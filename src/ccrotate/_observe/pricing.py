@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ccrotate._checks import at_least, non_negative
 from ccrotate._exceptions import ConfigError
 
 __all__ = ["ModelPrice", "PricingTable"]
@@ -36,6 +37,11 @@ class Rates:
     cache_read: float
     cache_write: float
 
+    def __post_init__(self) -> None:
+        # A negative price would make every cost figure after it silently wrong.
+        for name in _FIELDS:
+            non_negative("Rates", name, getattr(self, name))
+
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
@@ -50,6 +56,17 @@ class ModelPrice:
     base: Rates
     long_prompt: Rates | None = None
     long_threshold: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("base", "long_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, Rates) and not (name == "long_prompt" and value is None):
+                raise ConfigError(f"ModelPrice.{name}: must be Rates (got {value!r})")
+        if (self.long_prompt is None) != (self.long_threshold is None):
+            raise ConfigError("ModelPrice.long_threshold: give it together with long_prompt "
+                              f"(got long_threshold={self.long_threshold!r})")
+        if self.long_threshold is not None:
+            at_least("ModelPrice", "long_threshold", self.long_threshold, 1)
 
     def cost(self, input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0,
              cache_write_tokens: int = 0) -> float:
@@ -79,6 +96,10 @@ class PricingTable:
 
     def __init__(self, prices: Mapping[str, ModelPrice], *, updated: str | None = None,
                  source: str | None = None) -> None:
+        for model, price in prices.items():
+            if not isinstance(model, str) or not model or not isinstance(price, ModelPrice):
+                raise ConfigError(f"PricingTable.prices: expected model id -> ModelPrice "
+                                  f"(got {model!r}: {type(price).__name__})")
         self._prices = dict(prices)
         self.updated = updated
         self.source = source
@@ -109,11 +130,11 @@ class PricingTable:
             try:
                 text = Path(path).expanduser().read_text("utf-8")
             except OSError as exc:
-                raise ConfigError(f"{where}: cannot read the pricing file: {exc}") from None
+                raise ConfigError(f"{where}: cannot read the pricing file: {exc}") from exc
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise ConfigError(f"{where}: invalid JSON: {exc}") from None
+            raise ConfigError(f"{where}: invalid JSON: {exc}") from exc
         return cls.from_dict(data, source=where)
 
     @classmethod

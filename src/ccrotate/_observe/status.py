@@ -35,6 +35,7 @@ from starlette.routing import Match, Mount, Route
 
 from ccrotate._accounts.model import Account, AccountKind
 from ccrotate._asgi import ASGIApp, Receive, Scope, Send, from_browser, route_path, send_bytes
+from ccrotate._checks import has_methods, is_callable
 from ccrotate._exceptions import InvalidGrant, RefreshError, UnknownAccount
 from ccrotate._observe.health import (
     AccountView,
@@ -94,7 +95,9 @@ _HTTP_TYPES = {404: "not_found_error", 405: "invalid_request_error"}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+    # Registered for HTTPException only; Starlette's handler type is the general one.
+    if not isinstance(exc, HTTPException):
+        raise exc
     type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error")
     response = _error(exc.status_code, type_, f"ccrotate status: {exc.detail}")
     if exc.headers:
@@ -313,6 +316,15 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
         read_auth: ``headers -> bool`` for reads; ``None``: loopback peers only.
         reload_error: returns the last accounts-file reload error, shown as ``reloadError``.
     """
+
+    # Checked here, not at the first request: a wrong argument is a 500 much later.
+    has_methods("status_app", "pool", pool, "statuses", "status", "account", "now")
+    if refresher is not None:
+        has_methods("status_app", "refresher", refresher, "refresh")
+    is_callable("status_app", "admin_auth", admin_auth, optional=True)
+    is_callable("status_app", "read_auth", read_auth, optional=True)
+    is_callable("status_app", "reload_error", reload_error, optional=True)
+
     e = _Endpoints(pool, refresher, reload_error)
     routes = [
         Route("/", e.overview, methods=["GET"]),

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ccrotate._accounts.model import Account, AccountKind
-from ccrotate._exceptions import NoAccountAvailable, UnknownAccount
+from ccrotate._checks import has_methods, is_callable, positive
+from ccrotate._exceptions import ConfigError, NoAccountAvailable, PoolError, UnknownAccount
 from ccrotate._pool.ratelimit import HeaderGetter, QuotaSnapshot, cooldown_until, parse_quota
 from ccrotate._pool.state import AccountRuntime, AccountState, Event, transition
 from ccrotate._pool.strategy import (
@@ -128,9 +129,11 @@ class AccountPool:
                  store: StateStore | None = None) -> None:
         if strategy is None:
             strategy = RoundRobin() if rotation else FirstAvailable()
+        has_methods("AccountPool", "strategy", strategy, "select", "peek", "forget")
+        is_callable("AccountPool", "clock", clock)
         self._strategy = strategy
         self._clock = clock
-        self.default_cooldown = default_cooldown
+        self.default_cooldown = positive("AccountPool", "default_cooldown", default_cooldown)
         self._store: StateStore = store if store is not None else MemoryStateStore()
         self._lock = threading.Lock()
         self._order: list[str] = []
@@ -332,9 +335,15 @@ class AccountPool:
     def replace_accounts(self, accounts: Iterable[Account]) -> ReloadResult:
         """Apply a new set of accounts (a reload), keeping the state of unchanged ones."""
         new = list(accounts)
+        for acc in new:
+            if not isinstance(acc, Account):
+                raise ConfigError(f"AccountPool.accounts: expected Account objects "
+                                  f"(got {type(acc).__name__})")
         names = [a.name for a in new]
         if len(set(names)) != len(names):
-            raise ValueError("account names must be unique")
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ConfigError(f"AccountPool.accounts: account names must be unique "
+                              f"(duplicated: {', '.join(map(repr, dupes))})")
         now = self._clock()
         added: list[str] = []
         changed: list[str] = []
@@ -369,8 +378,11 @@ class AccountPool:
     # -- internals ---------------------------------------------------------------------------
 
     def _rt(self, name: str) -> AccountRuntime:
+        # For names in self._order, whose records the pool itself put in the store: only a
+        # store that loses records (a custom or shared one) can answer None here.
         rt = self._store.get(name)
-        assert rt is not None
+        if rt is None:
+            raise PoolError(f"the state store lost the record of account {name!r}")
         return rt
 
     def _runtime(self, name: str) -> AccountRuntime:

@@ -93,7 +93,8 @@ def transition(rt: AccountRuntime, event: Event, *, now: float, until: float | N
     if reason is not None:
         rt.last_error = reason
     if event is Event.RATE_LIMITED:
-        assert until is not None
+        if until is None:
+            raise TypeError("transition(RATE_LIMITED) needs until, the end of the cooldown")
         rt.cooldown_until = max(rt.cooldown_until, until)
         rt.rate_limits += 1
     elif event is Event.COOLDOWN_EXPIRED:

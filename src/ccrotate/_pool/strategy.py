@@ -90,20 +90,16 @@ class RoundRobin:
 
     @staticmethod
     def _choose(candidates: Sequence[Candidate], current: dict[str, int]) -> str:
-        tier = _best_tier(candidates)
+        tier = _best_tier(candidates)  # never empty: candidates is not
         weighted = [c for c in tier if c.weight > 0] or tier
         total = 0
-        best: Candidate | None = None
-        best_value = 0
         for c in weighted:
             w = c.weight or 1
             total += w
-            value = current.get(c.name, 0) + w
-            current[c.name] = value
-            if best is None or value > best_value:
-                best, best_value = c, value
-        assert best is not None
-        current[best.name] = best_value - total
+            current[c.name] = current.get(c.name, 0) + w
+        # max() keeps the first of equal values, so ties go to file order.
+        best = max(weighted, key=lambda c: current[c.name])
+        current[best.name] -= total
         return best.name
 
     def forget(self, names: Iterable[str]) -> None:

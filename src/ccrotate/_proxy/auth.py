@@ -6,6 +6,8 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 
+from ccrotate._exceptions import ConfigError
+
 __all__ = ["ClientAuth", "presented_token"]
 
 
@@ -29,9 +31,20 @@ class ClientAuth:
     """
 
     def __init__(self, tokens: Iterable[str]) -> None:
-        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens if t]
-        if not self._digests:
-            raise ValueError("ClientAuth needs at least one token")
+        # No message here quotes a token: a near-miss one is still a secret.
+        if isinstance(tokens, str | bytes):
+            raise ConfigError("ClientAuth.tokens: pass a list of tokens, not one string "
+                              "(a string would be read as one token per character)")
+        keys = list(tokens)
+        for i, t in enumerate(keys):
+            if not isinstance(t, str) or not t.strip():
+                # An empty key would let an empty Authorization header in, or be a typo.
+                raise ConfigError(f"ClientAuth.tokens[{i}]: must be a non-empty string "
+                                  f"(got {type(t).__name__} of length "
+                                  f"{len(t) if isinstance(t, str) else '?'})")
+        if not keys:
+            raise ConfigError("ClientAuth.tokens: needs at least one token")
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in keys]
 
     def __call__(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         token = presented_token(headers)

@@ -333,7 +333,8 @@ def _parse(spec: FieldSpec, raw: object, where: str) -> object:
         return spec.parse(raw)
     except ValueError as exc:
         got = "" if spec.secret else f", got {raw!r}"
-        raise ConfigError(f"{where}: expected {exc}{got}") from None
+        # For a secret, drop the cause too: a ValueError from a builtin could quote the value.
+        raise ConfigError(f"{where}: expected {exc}{got}") from (None if spec.secret else exc)
 
 
 def _mask(value: object) -> object:
@@ -477,10 +478,10 @@ def _hint(word: str, options: Iterable[str]) -> str:
 def _read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: {what} not found") from exc
     except (OSError, UnicodeError) as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
 
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -511,8 +512,9 @@ def _read_dotenv(path: Path, *, required: bool) -> dict[str, tuple[str, int]]:
     for number, line in enumerate(_read_text(path, ".env file").splitlines(), start=1):
         try:
             entry = _dotenv_line(line)
-        except ValueError:  # the line itself is not shown: it may hold a token
-            raise ConfigError(f"{path} line {number}: expected KEY=VALUE") from None
+        except ValueError as exc:  # the line itself is not shown: it may hold a token
+            # The cause is a bare ValueError() raised by _dotenv_line: it carries no text.
+            raise ConfigError(f"{path} line {number}: expected KEY=VALUE") from exc
         if entry is not None:
             entries[entry[0]] = (entry[1], number)
     return entries
@@ -531,6 +533,8 @@ def _read_config(config_path: str | os.PathLike[str] | None, env: Mapping[str, s
     try:
         data = tomllib.loads(_read_text(path, "config file"))
     except tomllib.TOMLDecodeError as exc:  # says line and column, never the content
+        # Cut on purpose: our message already has its text, and from Python 3.14 the error
+        # carries the whole file (.doc), tokens included, to whatever serialises the chain.
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
     known = {key for spec in FIELDS for key in spec.toml}

@@ -33,10 +33,17 @@ import anyio
 import anyio.abc
 
 from ccrotate._accounts.file import AccountsFile
-from ccrotate._accounts.model import Account, AccountKind, Secret
+from ccrotate._accounts.model import Account, Secret
 from ccrotate._accounts.oauth import TokenAnswer, TransientRefreshError, post_token
 from ccrotate._accounts.writeback import TokenFile, with_tokens_of
-from ccrotate._exceptions import AccountsFileError, InvalidGrant, RefreshError, UnknownAccount
+from ccrotate._checks import at_least, non_negative, positive
+from ccrotate._exceptions import (
+    AccountsFileError,
+    ConfigError,
+    InvalidGrant,
+    RefreshError,
+    UnknownAccount,
+)
 from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.state import AccountState
 
@@ -89,20 +96,30 @@ class TokenRefresher:
                  clock: Callable[[], float] = time.time, attempts: int = 3,
                  backoff: float = 0.5, timeout: float = 30.0, poll_interval: float = 60.0,
                  retry_interval: float = 5.0, retry_cap: float = 300.0) -> None:
+        owner = "TokenRefresher"
+        if not isinstance(token_url, str) or not token_url.startswith(("https://", "http://")):
+            raise ConfigError(f"{owner}.token_url: must be an http(s) URL (got {token_url!r})")
+        if not isinstance(client_id, str) or not client_id.strip():
+            raise ConfigError(f"{owner}.client_id: must be a non-empty string "
+                              f"(got {client_id!r})")
         self.pool = pool
         self.accounts_file = accounts_file
         self.token_url = token_url
         self.client_id = client_id
-        self.refresh_buffer = refresh_buffer
-        self.margin = margin
+        self.refresh_buffer = non_negative(owner, "refresh_buffer", refresh_buffer)
+        self.margin = non_negative(owner, "margin", margin)
         self._http = http
         self._clock = clock
-        self._attempts = max(1, attempts)
-        self._backoff = backoff
-        self._timeout = timeout
-        self._poll = poll_interval
-        self._retry = retry_interval
-        self._retry_cap = retry_cap
+        self._attempts = at_least(owner, "attempts", attempts, 1)
+        self._backoff = non_negative(owner, "backoff", backoff)
+        self._timeout = positive(owner, "timeout", timeout)
+        # Zero would make the background loop spin without sleeping.
+        self._poll = positive(owner, "poll_interval", poll_interval)
+        self._retry = positive(owner, "retry_interval", retry_interval)
+        self._retry_cap = positive(owner, "retry_cap", retry_cap)
+        if self._retry_cap < self._retry:
+            raise ConfigError(f"{owner}.retry_cap: must be >= retry_interval "
+                              f"({retry_interval!r}) (got {retry_cap!r})")
         self._locks: dict[str, anyio.Lock] = {}
         self._file = TokenFile(accounts_file)
         self._failing: dict[str, _Failing] = {}
@@ -228,18 +245,17 @@ class TokenRefresher:
             status = self.pool.status(name)
         except UnknownAccount:
             return None
-        account = self.pool.account(name)
-        if not self._oauth(account) or status.state is AccountState.DISABLED:
+        tokens = self.pool.account(name).oauth
+        if tokens is None or status.state is AccountState.DISABLED:
             return None
         fail = self._failing.get(name)
         if status.state is AccountState.AUTH_ERROR and fail is None:
             return None  # needs a new login, unless our own refresh failed transiently
-        assert account.expires_at is not None
-        at = account.expires_at - self.refresh_buffer
+        at = tokens.expires_at - self.refresh_buffer
         renewed = self._renewed_at.get(name)
         if renewed is not None:
             # Never sooner than half a fresh token's life: short-lived tokens must not spin.
-            at = max(at, renewed + (account.expires_at - renewed) / 2)
+            at = max(at, renewed + (tokens.expires_at - renewed) / 2)
         return max(at, fail.retry_at) if fail is not None else at
 
     async def __aenter__(self) -> TokenRefresher:
@@ -295,7 +311,7 @@ class TokenRefresher:
 
     @staticmethod
     def _oauth(account: Account) -> bool:
-        return account.kind is AccountKind.OAUTH and account.expires_at is not None
+        return account.oauth is not None
 
     def _left(self, account: Account) -> float:
         left = account.expires_in(self._clock())
@@ -326,7 +342,7 @@ class TokenRefresher:
 
     async def _renew(self, name: str, *, seen: Account, reason: str) -> Account:
         # Called with the account's lock held: attempts with backoff, then bookkeeping.
-        last: RefreshError | None = None
+        last = RefreshError(name, "no token request was made")  # replaced by each attempt
         for attempt in range(self._attempts):
             if attempt:
                 await anyio.sleep(self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
@@ -351,13 +367,12 @@ class TokenRefresher:
             except RefreshError as exc:
                 last = exc
                 break
-        assert last is not None
         message = _reason(last)
         if isinstance(last, TransientRefreshError):
             message = f"token refresh failed after {self._attempts} attempts: {message}"
         self._note_failure(name, message)
         self._tell(name, "failure")
-        raise RefreshError(name, message)
+        raise RefreshError(name, message) from last
 
     def _tell(self, name: str, outcome: str) -> None:
         for listener in self.listeners:
@@ -379,6 +394,9 @@ class TokenRefresher:
     async def _renew_once(self, name: str, *, seen: Account, reason: str) -> Account:
         async with self._file.locked(name):
             mem = self.pool.account(name)
+            if mem.oauth is None:
+                # A reload turned it into an API-key account while we waited for the lock.
+                raise RefreshError(name, "is no longer an OAuth account")
             source = mem
             stale: Secret | None = None
             if self.accounts_file is not None:
@@ -395,8 +413,12 @@ class TokenRefresher:
                         log.info("account %r: adopted tokens renewed by another process", name)
                         return adopted
                     source = disk  # the newest refresh token there is
-            assert source.refresh_token is not None
-            answer = await self._post(name, source.refresh_token)
+            # source is mem (checked above) or what read() returned, always OAuth; the
+            # check only gives the type checker the tokens.
+            tokens = source.oauth
+            if tokens is None:
+                raise RefreshError(name, "is no longer an OAuth account")
+            answer = await self._post(name, tokens.refresh_token)
             now = self._clock()
             new = answer.apply(with_tokens_of(mem, source), now)
             if self.accounts_file is not None:

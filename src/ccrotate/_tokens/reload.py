@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from ccrotate._accounts.file import AccountsFile
 from ccrotate._accounts.model import Account
+from ccrotate._checks import positive
 from ccrotate._exceptions import AccountsFileError
 from ccrotate._pool.pool import AccountPool, ReloadResult
 
@@ -61,7 +62,8 @@ class AccountsWatcher:
                  clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
         self.accounts_file = accounts_file
-        self.interval = interval
+        # Zero would poll the file in a tight loop.
+        self.interval = positive("AccountsWatcher", "interval", interval)
         self.refresher = refresher
         self._clock = clock
         self._stamp: object = _UNSET

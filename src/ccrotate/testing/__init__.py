@@ -24,36 +24,66 @@ See ``docs/testing.md`` for the full guide.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ccrotate.testing._behaviours import (
-    ApiError,
-    Behaviour,
-    CutStream,
-    Forbidden,
-    Overloaded,
-    RateLimited,
-    Reply,
-    SpendCapReached,
-    StreamError,
-    ToolUse,
-    Unauthorized,
-)
-from ccrotate.testing._fake import FakeUpstream
-from ccrotate.testing._oauth import (
-    FakeOAuth,
-    OAuthProblem,
-    TokenError,
-    TokenReply,
-    TokenSet,
-    pkce_challenge,
-)
-from ccrotate.testing._records import RecordedRequest
-from ccrotate.testing._server import ServerHandle, serve_app
-from ccrotate.testing._sync import Gate
-from ccrotate.testing._wire import Limits
+if TYPE_CHECKING:
+    from ccrotate.testing._behaviours import (
+        ApiError,
+        Behaviour,
+        CutStream,
+        Forbidden,
+        Overloaded,
+        RateLimited,
+        Reply,
+        SpendCapReached,
+        StreamError,
+        ToolUse,
+        Unauthorized,
+    )
+    from ccrotate.testing._fake import FakeUpstream
+    from ccrotate.testing._oauth import (
+        FakeOAuth,
+        OAuthProblem,
+        TokenError,
+        TokenReply,
+        TokenSet,
+        pkce_challenge,
+    )
+    from ccrotate.testing._records import RecordedRequest
+    from ccrotate.testing._server import ServerHandle, serve_app
+    from ccrotate.testing._sync import Gate
+    from ccrotate.testing._wire import Limits
+
+# Imported on first use: pytest imports this package at start-up for the plugin
+# (ccrotate.testing._plugin), and a test session must not pay for Starlette then.
+_LAZY: dict[str, str] = {
+    "ApiError": "ccrotate.testing._behaviours",
+    "Behaviour": "ccrotate.testing._behaviours",
+    "CutStream": "ccrotate.testing._behaviours",
+    "FakeOAuth": "ccrotate.testing._oauth",
+    "FakeUpstream": "ccrotate.testing._fake",
+    "Forbidden": "ccrotate.testing._behaviours",
+    "Gate": "ccrotate.testing._sync",
+    "Limits": "ccrotate.testing._wire",
+    "OAuthProblem": "ccrotate.testing._oauth",
+    "Overloaded": "ccrotate.testing._behaviours",
+    "RateLimited": "ccrotate.testing._behaviours",
+    "RecordedRequest": "ccrotate.testing._records",
+    "Reply": "ccrotate.testing._behaviours",
+    "ServerHandle": "ccrotate.testing._server",
+    "SpendCapReached": "ccrotate.testing._behaviours",
+    "StreamError": "ccrotate.testing._behaviours",
+    "TokenError": "ccrotate.testing._oauth",
+    "TokenReply": "ccrotate.testing._oauth",
+    "TokenSet": "ccrotate.testing._oauth",
+    "ToolUse": "ccrotate.testing._behaviours",
+    "Unauthorized": "ccrotate.testing._behaviours",
+    "pkce_challenge": "ccrotate.testing._oauth",
+    "serve_app": "ccrotate.testing._server",
+}
 
 __all__ = [
     "ApiError",
@@ -83,6 +113,19 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ccrotate.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 @contextmanager
 def serve_fake_upstream(fake: FakeUpstream | None = None,
                         **kwargs: Any) -> Iterator[ServerHandle[FakeUpstream]]:
@@ -90,5 +133,8 @@ def serve_fake_upstream(fake: FakeUpstream | None = None,
 
     Keyword arguments go to :func:`serve_app`.
     """
+    from ccrotate.testing._fake import FakeUpstream
+    from ccrotate.testing._server import serve_app
+
     with serve_app(fake if fake is not None else FakeUpstream(), **kwargs) as handle:
         yield handle

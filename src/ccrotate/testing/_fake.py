@@ -294,7 +294,8 @@ class FakeUpstream:
         all_headers += headers
         return Plan(status, all_headers, [body], delay=delay)
 
-    def _auth_problem(self, rec: RecordedRequest) -> Plan | None:
+    def _authenticate(self, rec: RecordedRequest) -> Plan | str:
+        """The 401 answer for ``rec``, or its accepted credential."""
         cred = rec.credential
         if cred is None:
             return self._error_plan(rec, 401, "authentication_error",
@@ -313,7 +314,7 @@ class FakeUpstream:
         if oauth and wire.OAUTH_BETA not in rec.betas:
             return self._error_plan(rec, 401, "authentication_error",
                                     "OAuth authentication is currently not supported.")
-        return None
+        return cred
 
     def _next_behaviour(self, credential: str) -> tuple[Behaviour, bool]:
         """The behaviour for this request, and whether it was scripted one-shot."""
@@ -326,8 +327,8 @@ class FakeUpstream:
             return self._defaults.get(credential, self.default), False
 
     def _messages(self, rec: RecordedRequest) -> Plan:
-        if (plan := self._auth_problem(rec)) is not None:
-            return plan
+        if isinstance(auth := self._authenticate(rec), Plan):
+            return auth
         if (problem := request_problem(rec.json, need_max_tokens=True)) is not None:
             return self._error_plan(rec, 400, "invalid_request_error", problem)
         body: dict[str, Any] = rec.json
@@ -336,25 +337,24 @@ class FakeUpstream:
             return self._error_plan(rec, 400, "invalid_request_error", "Error")
         if self.known_models_only and body["model"] not in self.models:
             return self._error_plan(rec, 404, "not_found_error", f"model: {body['model']}")
-        assert rec.credential is not None
-        behaviour, scripted = self._next_behaviour(rec.credential)
+        behaviour, scripted = self._next_behaviour(auth)
         if not scripted and rec.kind == "oauth" \
-                and self.limits_for(rec.credential).overall_status() == "rejected":
+                and self.limits_for(auth).overall_status() == "rejected":
             # Headers keep the configured limits (and their resets), as the real API does.
             return self._error_plan(rec, 429, "rate_limit_error", RateLimited.message)
         return self._planner.plan(rec, body, behaviour)
 
     def _count_tokens(self, rec: RecordedRequest) -> Plan:
-        if (plan := self._auth_problem(rec)) is not None:
-            return plan
+        if isinstance(auth := self._authenticate(rec), Plan):
+            return auth
         if (problem := request_problem(rec.json, need_max_tokens=False)) is not None:
             return self._error_plan(rec, 400, "invalid_request_error", problem)
         body = wire.encode({"input_tokens": wire.estimate_tokens(rec.json)})
         return Plan(200, self._base_headers() + self._limit_headers(rec), [body])
 
     def _models(self, rec: RecordedRequest) -> Plan:
-        if (plan := self._auth_problem(rec)) is not None:
-            return plan
+        if isinstance(auth := self._authenticate(rec), Plan):
+            return auth
         params = dict(parse_qsl(rec.query))
         entries = [wire.model_info(m, i) for i, m in enumerate(self.models)]
         ids = [e["id"] for e in entries]
@@ -374,8 +374,8 @@ class FakeUpstream:
         return Plan(200, self._base_headers() + self._limit_headers(rec), [wire.encode(answer)])
 
     def _model(self, rec: RecordedRequest, model_id: str) -> Plan:
-        if (plan := self._auth_problem(rec)) is not None:
-            return plan
+        if isinstance(auth := self._authenticate(rec), Plan):
+            return auth
         if model_id not in self.models:
             return self._error_plan(rec, 404, "not_found_error", f"model: {model_id}")
         entry = wire.model_info(model_id, self.models.index(model_id))

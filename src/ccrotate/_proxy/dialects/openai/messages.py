@@ -146,11 +146,11 @@ def _tool_use(call: O.ToolCall, i: int, k: int) -> A.ToolUseBlock:
         encoded = fn.arguments.encode()
         try:
             _ARGS_DECODER.decode(encoded)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
             raise TranslationError(
                 "function.arguments must be a JSON object encoded as a string",
                 param=f"messages[{i}].tool_calls[{k}].function.arguments",
-                code="invalid_value") from None
+                code="invalid_value") from exc
         raw = msgspec.Raw(encoded)
     if not call.id:
         raise _empty_id(f"messages[{i}].tool_calls[{k}].id")

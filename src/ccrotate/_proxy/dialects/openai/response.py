@@ -69,7 +69,7 @@ def response_body(body: bytes, *, model: str, created: int, json_tool: str | Non
     try:
         message = A.MESSAGE_DECODER.decode(body)
     except msgspec.DecodeError as exc:
-        raise UpstreamProtocolError(f"upstream response is not a message: {exc}") from None
+        raise UpstreamProtocolError(f"upstream response is not a message: {exc}") from exc
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[O.OutToolCall] = []
@@ -118,7 +118,7 @@ def models_to_openai(anthropic_models_body: bytes, *,
     try:
         page = A.MODELS_DECODER.decode(anthropic_models_body)
     except msgspec.DecodeError as exc:
-        raise UpstreamProtocolError(f"upstream model list is malformed: {exc}") from None
+        raise UpstreamProtocolError(f"upstream model list is malformed: {exc}") from exc
     created = {info.id: int(info.created_at.timestamp()) if info.created_at else 0
                for info in page.data}
     data = [O.OutModel(id=model_id, created=when) for model_id, when in created.items()]
@@ -137,6 +137,6 @@ def model_to_openai(anthropic_model_body: bytes, *, model_id: str | None = None)
     try:
         info = _MODEL_DECODER.decode(anthropic_model_body)
     except msgspec.DecodeError as exc:
-        raise UpstreamProtocolError(f"upstream model is malformed: {exc}") from None
+        raise UpstreamProtocolError(f"upstream model is malformed: {exc}") from exc
     created = int(info.created_at.timestamp()) if info.created_at else 0
     return O.ENCODER.encode(O.OutModel(id=model_id or info.id, created=created))

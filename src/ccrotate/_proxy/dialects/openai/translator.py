@@ -116,10 +116,10 @@ class OpenAITranslator:
         try:
             req = O.REQUEST_DECODER.decode(body)
         except msgspec.ValidationError as exc:
-            raise from_validation_error(exc) from None
+            raise from_validation_error(exc) from exc
         except msgspec.DecodeError as exc:
             raise TranslationError(f"request body is not valid JSON: {exc}",
-                                   code="invalid_json") from None
+                                   code="invalid_json") from exc
         if not req.model:
             raise TranslationError("model must not be empty", param="model",
                                    code="invalid_value")
