@@ -1,4 +1,4 @@
-"""Project habits, one session each: tests, lint, types, docs, bench, claude_code."""
+"""Project habits, one session each: tests, lint, types, docs, bench, soak, claude_code."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite: prints ratios against a direct connection, writes JSON."""
     session.install("-e", ".[server,metrics]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Minutes of mixed load through the reference server; fails if RSS, fds or tasks grow.
+
+    Not a default session and not in CI: ``nox -s soak`` runs 10 minutes, ``nox -s soak --
+    --minutes 2`` less.
+    """
+    session.install("-e", ".[server,metrics]")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
 
 
 @nox.session
