@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
@@ -271,9 +271,11 @@ def test_any_chat_request_translates_or_is_refused_cleanly(
     """Any chat request: a valid Messages request, or a TranslationError naming a param."""
     outcome = translate_or_refuse(translator, dumps(body))
     if isinstance(outcome, TranslationError):
+        event(f"refused: {outcome.code}")
         assert str(outcome)
         assert outcome.code
     else:
+        event("translated")
         check_messages_request(outcome.body, body)
 
 
