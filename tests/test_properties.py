@@ -341,6 +341,7 @@ def anthropic_streams(draw: st.DrawFn) -> dict[str, Any]:
                   "cache_read_input_tokens": draw(st.integers(0, 1000)),
                   "cache_creation_input_tokens": 0}}}]
     text, reasoning, tools = "", "", []
+    order: list[tuple[str, str]] = []  # (tool name or "", its text) of text and tool blocks
     kinds = draw(st.lists(st.sampled_from(["text", "thinking", "tool_use"]), max_size=4))
     for index, kind in enumerate(kinds):
         if kind == "text":
@@ -348,6 +349,7 @@ def anthropic_streams(draw: st.DrawFn) -> dict[str, Any]:
             whole = draw(texts)
             deltas = [{"type": "text_delta", "text": p} for p in draw(pieces(whole))]
             text += whole
+            order.append(("", whole))
         elif kind == "thinking":
             block = {"type": "thinking", "thinking": "", "signature": ""}
             whole = draw(texts)
@@ -365,6 +367,7 @@ def anthropic_streams(draw: st.DrawFn) -> dict[str, Any]:
             deltas = [{"type": "input_json_delta", "partial_json": p}
                       for p in ["", *draw(pieces(whole))]]
             tools.append((call_id, name, whole))
+            order.append((name, whole))
         events.append({"type": "content_block_start", "index": index, "content_block": block})
         events += ({"type": "content_block_delta", "index": index, "delta": d} for d in deltas)
         events.append({"type": "content_block_stop", "index": index})
@@ -388,7 +391,7 @@ def anthropic_streams(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         stream = stream.replace(b"\n", b"\r\n")
     return {"stream": stream, "events": events, "text": text, "reasoning": reasoning,
-            "tools": tools, "stop": stop, "error": error}
+            "tools": tools, "order": order, "stop": stop, "error": error}
 
 
 @st.composite
@@ -399,14 +402,16 @@ def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def stream_translator(include_usage: bool) -> Any:
+def stream_translator(include_usage: bool, json_tool: str | None = None) -> Any:
     req = TranslatedRequest(body=b"{}", model=MODEL, openai_model="gpt-4o", stream=True,
-                            include_usage=include_usage, created=1_790_000_000)
+                            include_usage=include_usage, created=1_790_000_000,
+                            json_tool=json_tool)
     return OpenAITranslator().stream_translator(req)
 
 
-def translate_stream(parts: Iterable[bytes], include_usage: bool) -> bytes:
-    translator = stream_translator(include_usage)
+def translate_stream(parts: Iterable[bytes], include_usage: bool,
+                     json_tool: str | None = None) -> bytes:
+    translator = stream_translator(include_usage, json_tool)
     out = b"".join(translator.feed(part) for part in parts)
     return out + translator.finish()
 
@@ -421,8 +426,12 @@ def data_lines(output: bytes) -> list[str]:
 @given(anthropic_streams(), st.booleans(), st.data())
 def test_stream_translation_reassembles_the_input(
         sample: dict[str, Any], include_usage: bool, data: st.DataObject) -> None:
-    """Valid chunks, [DONE] last (or one error event), text and arguments equal the input."""
-    output = translate_stream(data.draw(splits(sample["stream"])), include_usage)
+    """Valid chunks, [DONE] last (or one error event), text and arguments equal the input.
+
+    In JSON mode (``response_format``) the answer tool's arguments are the content.
+    """
+    json_tool = data.draw(st.sampled_from([None, *(name for _, name, _ in sample["tools"])]))
+    output = translate_stream(data.draw(splits(sample["stream"])), include_usage, json_tool)
     lines = data_lines(output)
     if sample["error"] is not None:
         error = json.loads(lines.pop())["error"]
@@ -447,24 +456,27 @@ def test_stream_translation_reassembles_the_input(
                 calls[call.index] = [call.id, call.function.name or "", ""]
             assert call.function is not None
             calls[call.index][2] += call.function.arguments or ""
+    expected_text = "".join(piece for name, piece in sample["order"]
+                            if not name or name == json_tool)
+    expected_tools = [t for t in sample["tools"] if t[1] != json_tool]
     if sample["error"] is None:
-        assert text == sample["text"]
+        assert text == expected_text
         assert reasoning == sample["reasoning"]
-        assert [tuple(v) for _, v in sorted(calls.items())] == sample["tools"]
+        assert [tuple(v) for _, v in sorted(calls.items())] == expected_tools
         finishes = [c.choices[0].finish_reason for c in body]
         assert finishes[:-1] == [None] * (len(finishes) - 1)
         expected = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
                     "max_tokens": "length", "refusal": "content_filter",
-                    "tool_use": "tool_calls" if sample["tools"] else "stop"}
+                    "tool_use": "tool_calls" if expected_tools else "stop"}
         assert finishes[-1] == expected[sample["stop"]]
         usage = [c.usage for c in chunks if c.usage is not None]
         assert len(usage) == int(include_usage)
     else:  # what arrived before the error is a prefix of the whole
-        assert sample["text"].startswith(text)
+        assert expected_text.startswith(text)
         assert sample["reasoning"].startswith(reasoning)
         for index, (call_id, name, args) in calls.items():
-            assert sample["tools"][index][:2] == (call_id, name)
-            assert sample["tools"][index][2].startswith(args)
+            assert expected_tools[index][:2] == (call_id, name)
+            assert expected_tools[index][2].startswith(args)
 
 
 @given(anthropic_streams(), st.data())
