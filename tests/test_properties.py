@@ -396,8 +396,15 @@ def anthropic_streams(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
-    """``data`` cut at arbitrary byte positions: mid-UTF-8, between \\r and \\n, anywhere."""
-    cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=12))))
+    """``data`` cut at arbitrary byte positions: mid-UTF-8, between \\r and \\n, anywhere.
+
+    Half the cuts fall right after a line-end or non-ASCII byte, where the bugs live.
+    """
+    tricky = [i + 1 for i, byte in enumerate(data) if byte in b"\r\n" or byte >= 0x80]
+    cuts = draw(st.lists(st.integers(0, len(data)), max_size=6))
+    if tricky:
+        cuts += draw(st.lists(st.sampled_from(tricky), max_size=10))
+    cuts = sorted(set(cuts))
     bounds = [0, *cuts, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
