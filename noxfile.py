@@ -1,4 +1,4 @@
-"""Project habits, one session each: tests, lint, types, docs, bench, claude_code."""
+"""Project habits, one session each: tests, lint, types, docs, bench, soak, claude_code."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ def bench(session: nox.Session) -> None:
     # granian for `--server granian`, the comparison in docs/benchmarks.md.
     session.install("-e", ".[server,metrics]", "granian>=2.5")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Minutes of mixed load through the reference server; fails if RSS, fds or tasks grow.
+
+    Not a default session and not in CI: ``nox -s soak`` runs 10 minutes, ``nox -s soak --
+    --minutes 2`` less.
+    """
+    session.install("-e", ".[server,metrics]")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
 
 
 @nox.session

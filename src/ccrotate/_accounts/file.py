@@ -42,6 +42,9 @@ FILE_VERSION = 1
 _KNOWN = frozenset({"accessToken", "refreshToken", "expiresAt", "apiKey", "weight",
                     "priority", "disabled", "baseUrl"})
 _CLI_KEY = "claudeAiOauth"
+# Year 9999 in epoch milliseconds: anything later is a typo (and a huge integer would not
+# even convert to seconds).
+_MAX_EXPIRES_AT = 253_402_300_799_999
 CLI_ACCOUNT_NAME = "default"
 
 _decoder = msgspec.json.Decoder()
@@ -173,7 +176,10 @@ class AccountsFile:
             return _Snapshot((acc,), doc, stamp)
         version = doc.get("version", FILE_VERSION)
         if version != FILE_VERSION or isinstance(version, bool):
-            raise AccountsFileError(where, f"unsupported version {version!r} (expected 1)",
+            # Echo a number only: a string here may be a token pasted in the wrong place.
+            shown = repr(version) if isinstance(version, int | float) and not isinstance(
+                version, bool) else f"of type {_json_type(version)}"
+            raise AccountsFileError(where, f"unsupported version {shown} (expected 1)",
                                     field="version")
         accounts = doc.get("accounts")
         if not isinstance(accounts, dict):
@@ -241,7 +247,7 @@ def discover_accounts_file(accounts_path: str | os.PathLike[str],
 
 def _check_name(where: str, name: str) -> None:
     # Names travel in headers, URLs and metric labels, so keep them to a safe alphabet.
-    if name.startswith("sk-ant-") or len(name) > 64:
+    if "sk-ant-" in name or len(name) > 64:
         # Most likely a token pasted where the name goes: reject it, and never echo it
         # (names end up in headers, logs and metric labels).
         raise AccountsFileError(where, f"an account name of {len(name)} characters looks "
@@ -250,6 +256,20 @@ def _check_name(where: str, name: str) -> None:
         raise AccountsFileError(
             where, "account names are 1-64 characters of letters, digits and . _ @ + - "
             "(starting with a letter or digit)", account=name)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "number"
 
 
 def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
@@ -288,7 +308,8 @@ def _parse_oauth(where: str, name: str, entry: dict[str, Any]) -> Account:
     access = _token(where, name, entry, "accessToken")
     refresh = _token(where, name, entry, "refreshToken")
     expires = entry.get("expiresAt")
-    if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
+    if isinstance(expires, bool) or not isinstance(expires, int | float) \
+            or not 0 < expires <= _MAX_EXPIRES_AT:
         raise AccountsFileError(where, "must be a positive number (epoch milliseconds)",
                                 account=name, field="expiresAt")
     return _account(where, name=name, kind=AccountKind.OAUTH, access_token=access,

@@ -50,6 +50,8 @@ class Plan:
     hold_after: int | None = None
     cut_after: int | None = None
     on_cancel: Callable[[], None] = field(default=lambda: None)
+    on_sent: Callable[[int], None] = field(default=lambda size: None)
+    """Called with the size of each body piece once the server has taken it."""
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -94,8 +96,9 @@ async def _run(plan: Plan, send: Send, progress: _Progress) -> None:
 
     async def flush() -> None:
         if pending:
-            await send({"type": "http.response.body", "body": b"".join(pending),
-                        "more_body": True})
+            body = b"".join(pending)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            plan.on_sent(len(body))
             pending.clear()
 
     for i, chunk in enumerate(plan.chunks):
@@ -118,7 +121,9 @@ async def _run(plan: Plan, send: Send, progress: _Progress) -> None:
         await flush()
         await plan.hold.passage()
     progress.finished = True
-    await send({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
+    body = b"".join(pending)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    plan.on_sent(len(body))
 
 
 async def respond(plan: Plan, receive: Receive, send: Send) -> None:

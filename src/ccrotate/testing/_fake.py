@@ -199,7 +199,12 @@ class FakeUpstream:
         with self._lock:
             rec.status = plan.status
         plan.on_cancel = lambda: self._on_cancel(rec)
+        plan.on_sent = lambda size: self._on_sent(rec, size)
         await respond(plan, receive, send)
+
+    def _on_sent(self, rec: RecordedRequest, size: int) -> None:
+        with self._lock:
+            rec.sent_bytes += size
 
     def _on_cancel(self, rec: RecordedRequest) -> None:
         with self._lock:

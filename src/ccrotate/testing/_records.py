@@ -24,7 +24,9 @@ class RecordedRequest:
     (``x-api-key``: API key, ``Authorization: Bearer``: the fake's ``bearer_kind``). The
     anthropic SDK sends API keys as ``Bearer`` too, which is why the header comes last.
     ``status`` is the status answered and ``cancelled`` whether the client went away
-    before the response was complete. ``repr()`` masks credentials.
+    before the response was complete. ``sent_bytes`` counts the response body bytes the
+    server has taken so far (a streamed reply's progress: a slow client holds it back).
+    ``repr()`` masks credentials.
     """
 
     method: str
@@ -38,6 +40,7 @@ class RecordedRequest:
     time: float
     status: int | None = None
     cancelled: bool = False
+    sent_bytes: int = 0
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``None``."""
