@@ -18,7 +18,18 @@ from typing import Any
 import pytest
 from anthropic.types import MessageParam
 
-from ccrotate import Account, AccountKind, AccountPool, ProxyConfig, RotatingProxy, Secret
+from ccrotate import (
+    Account,
+    AccountKind,
+    AccountPool,
+    ProxyConfig,
+    RotatingProxy,
+    Rotator,
+    Secret,
+    Settings,
+)
+from ccrotate._asgi import ASGIApp, Message, Receive, Scope, Send
+from ccrotate._cli.serve import uvicorn_options
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
 
 KEY_A = "sk-ant-api03-test-aaaa-0001"
@@ -126,6 +137,100 @@ def proxy_server(serve_proxy: Any) -> Stack:
     """The fake upstream and a default proxy in front of it, both served on loopback."""
     stack: Stack = serve_proxy()
     return stack
+
+
+CLIENT_TOKEN = "ccrotate-client-token-for-real-clients"
+"""The client key the guarded reference server demands (``CCROTATE_AUTH_TOKEN``)."""
+
+
+@dataclass
+class SeenRequest:
+    """A request head as the client sent it to the server, and the status it got."""
+
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    status: int | None = None
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+    def __repr__(self) -> str:  # no client key in assertion messages
+        shown = tuple((k, "<secret>" if k in ("x-api-key", "authorization") else v)
+                      for k, v in self.headers)
+        return (f"SeenRequest({self.method} {self.path}?{self.query} -> {self.status}, "
+                f"{shown!r})")
+
+
+class HeadRecorder:
+    """The outermost ASGI layer: records each request head and the status answered, then
+    hands the request on untouched (the guard still sees exactly what the client sent)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.seen: list[SeenRequest] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = SeenRequest(scope["method"], scope["path"], scope["query_string"].decode(),
+                           tuple((k.decode("latin-1"), v.decode("latin-1"))
+                                 for k, v in scope["headers"]))
+        self.seen.append(seen)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen.status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+@dataclass
+class GuardedStack:
+    """The reference app as ``ccrotate serve`` runs it (``Rotator(settings).app`` under
+    ``uvicorn_options(settings)``: Host/Origin guard, 415, head deadline, connection cap)
+    with a client token, in front of the served fake upstream."""
+
+    fake: FakeUpstream
+    rotator: Rotator
+    server: ServerHandle[Any]
+    recorder: HeadRecorder
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def seen(self) -> list[SeenRequest]:
+        """What clients sent, in arrival order."""
+        return self.recorder.seen
+
+    def refused(self) -> list[SeenRequest]:
+        """Every request answered with an error status."""
+        return [s for s in self.seen if s.status is None or s.status >= 400]
+
+
+@pytest.fixture
+def serve_guarded(upstream_server: ServerHandle[FakeUpstream],
+                  pool: AccountPool) -> Iterator[Any]:
+    """A factory: ``serve_guarded(**Settings options)`` serves the guarded reference app
+    over the ``a, b, c`` pool with ``CLIENT_TOKEN`` required, and returns its GuardedStack."""
+    with contextlib.ExitStack() as stack:
+
+        def make(**options: Any) -> GuardedStack:
+            settings = Settings(**{
+                "auth_tokens": (CLIENT_TOKEN,), "hot_reload": False,
+                "upstream_url": upstream_server.url,
+                "oauth_token_url": upstream_server.url + "/v1/oauth/token", **options})
+            rotator = Rotator(settings, pool=pool)
+            recorder = HeadRecorder(rotator.app)
+            server = stack.enter_context(serve_app(recorder, **uvicorn_options(settings)))
+            return GuardedStack(upstream_server.app, rotator, server, recorder)
+
+        yield make
 
 
 def pytest_configure(config: pytest.Config) -> None:
