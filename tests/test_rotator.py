@@ -320,3 +320,16 @@ def test_openai_option_takes_a_translator_a_route_or_true() -> None:
     assert RotatingProxy(AccountPool()).openai is None
     with pytest.raises(ConfigError, match="openai="):
         RotatingProxy(AccountPool(), openai="yes")  # type: ignore[arg-type]
+
+
+def test_the_request_timeout_setting_reaches_the_proxy(tmp_path: Path) -> None:
+    """``CCROTATE_REQUEST_TIMEOUT`` (like every setting) configures the rotator's proxy."""
+    from ccrotate import load_settings
+
+    settings = load_settings(env={"CCROTATE_REQUEST_TIMEOUT": "42",
+                                  "CCROTATE_BODY_TIMEOUT": "7"})
+    rotator = Rotator(settings, pool=AccountPool())
+    assert rotator.proxy.pipeline.request_timeout == 42.0
+    assert rotator.proxy.pipeline.body_timeout == 7.0
+    with pytest.raises(ConfigError, match="CCROTATE_REQUEST_TIMEOUT"):
+        load_settings(env={"CCROTATE_REQUEST_TIMEOUT": "0"})

@@ -262,6 +262,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("body_timeout", "CCROTATE_BODY_TIMEOUT", "server.body_timeout",
           _seconds(zero_ok=False),
           "Seconds a client has to send the whole request body; answered 408 beyond."),
+    _spec("request_timeout", "CCROTATE_REQUEST_TIMEOUT", "server.request_timeout",
+          _seconds(zero_ok=False),
+          "Seconds a request may wait, across every attempt, for an answer to start (504)."),
     _spec("max_connections", "CCROTATE_MAX_CONNECTIONS", "server.max_connections", _int(1),
           "Open client connections served at once; more are answered 503 and closed."),
     _spec("allow_remote", "CCROTATE_ALLOW_REMOTE", "security.allow_remote", _bool,
@@ -357,6 +360,7 @@ class Settings:
     port: int = 8080
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    request_timeout: float = 600.0
     max_connections: int = 1000
     allow_remote: bool = False
     accounts_path: Path = Path("~/.claude/accounts.json")
