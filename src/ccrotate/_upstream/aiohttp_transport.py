@@ -22,7 +22,7 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts
+from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts, Transport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -118,7 +118,7 @@ class _Response:
             self._resp.close()
 
 
-class AiohttpUpstream:
+class AiohttpUpstream(Transport):
     """The default transport: a pooled ``aiohttp`` client (the fastest measured).
 
     Parameters:
@@ -158,13 +158,6 @@ class AiohttpUpstream:
             with anyio.CancelScope(shield=True):
                 await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> AiohttpUpstream:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]],
                    body: bytes | None) -> _Response:

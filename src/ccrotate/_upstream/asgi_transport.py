@@ -29,7 +29,7 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts
+from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts, Transport
 
 __all__ = ["ASGIUpstream"]
 
@@ -257,7 +257,7 @@ class _Lifespan:
             self.stopped.set()
 
 
-class ASGIUpstream:
+class ASGIUpstream(Transport):
     """A transport that calls an ASGI app in process (no socket) and streams its answers.
 
     Parameters:
@@ -328,13 +328,6 @@ class ASGIUpstream:
         # its (now cancelled) tasks even when the host task is being cancelled.
         tg.cancel_scope.cancel()
         await tg.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> ASGIUpstream:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]],
                    body: bytes | None) -> _Response:

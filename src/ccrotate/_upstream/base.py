@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from ccrotate._exceptions import ConfigError
 
-__all__ = ["HeaderLookup", "Timeouts", "Upstream", "UpstreamResponse"]
+__all__ = ["HeaderLookup", "Timeouts", "Transport", "Upstream", "UpstreamResponse"]
 
 DEFAULT_BODY_LIMIT = 64 * 1024 * 1024
 
@@ -120,3 +120,20 @@ class Upstream(Protocol):
                    body: bytes | None) -> UpstreamResponse:
         """Send ``method url`` with ``headers`` and ``body``; the answer streams."""
         ...
+
+
+class Transport:
+    """The lifecycle every bundled transport shares: ``async with`` is ``start``/``aclose``."""
+
+    async def start(self) -> None:
+        """Open connection pools (idempotent)."""
+
+    async def aclose(self) -> None:
+        """Close every connection (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -29,7 +29,7 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts
+from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts, Transport
 
 if TYPE_CHECKING:
     import httpx
@@ -153,7 +153,7 @@ class _Response:
             await self._resp.aclose()
 
 
-class HTTPXUpstream:
+class HTTPXUpstream(Transport):
     """A transport over an ``httpx.AsyncClient`` (or an ``httpx2.AsyncClient``).
 
     Parameters:
@@ -209,13 +209,6 @@ class HTTPXUpstream:
             client, self._client = self._client, None
             with anyio.CancelScope(shield=True):
                 await client.aclose()
-
-    async def __aenter__(self) -> HTTPXUpstream:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def send(self, method: str, url: str, headers: Sequence[tuple[str, str]],
                    body: bytes | None) -> _Response:
