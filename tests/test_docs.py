@@ -187,6 +187,18 @@ def _snippet_env(home: Path, upstream: str, server: str) -> dict[str, str]:
     return env
 
 
+def _top_level_imports(code: str) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
 def test_snippets_are_found_and_few_are_skipped() -> None:
     """The convention is used sparingly: most blocks run."""
     skipped = [where for where, info, _ in SNIPPETS if info == "skip"]
@@ -205,6 +217,9 @@ def test_snippet_runs(where: str, info: str, code: str, tmp_path: Path,
 
     if info == "skip":
         pytest.skip("fenced `python skip` (the doc says why)")
+    for module in _top_level_imports(code):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module}, which is not installed")
     home = tmp_path / "home"
     home.mkdir()
     env = _snippet_env(home, *snippet_servers)
