@@ -33,6 +33,23 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
     assert block[1] in (ROOT / ".ci" / "run").read_text()
 
 
+def test_the_threat_model_names_tests_that_exist() -> None:
+    """Every test that docs/security.md's table cites is a test in the file it names."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    cited = 0
+    for row in text.splitlines():
+        if not row.startswith("|"):
+            continue
+        current = None
+        for file, name in re.findall(r"`(?:(test_\w+\.py))?::(test_\w+)`", row):
+            current = file or current
+            assert current is not None, row
+            source = (ROOT / "tests" / current).read_text()
+            assert re.search(rf"^(async )?def {name}\(", source, re.M), f"{current}::{name}"
+            cited += 1
+    assert cited >= 30
+
+
 def test_readme_states_the_terms() -> None:
     """The README says plainly that pooled subscriptions are for your own accounts."""
     text = (ROOT / "README.md").read_text()
