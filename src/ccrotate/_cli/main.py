@@ -1,7 +1,9 @@
 """The ``ccrotate`` command: ``serve``, ``demo``, ``accounts …`` and ``auth status``.
 
 Errors a user can fix (bad settings, a malformed accounts file) end the command
-with one line naming the problem and exit status 2; no traceback, no token.
+with one line naming the problem and exit status 2; no traceback, no token. A port
+the server cannot listen on ends it with status 1. A mistake on the command line
+prints the usage of the sub-command it was made in.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "(default: ~/.config/ccrotate/config.toml if present)")
     p.add_argument("--accounts", metavar="PATH", dest="accounts_path",
                    help="accounts file (default: ~/.claude/accounts.json)")
+    p.add_argument("--env-file", metavar="PATH", dest="env_file",
+                   help="read settings from this .env file (default: $CCROTATE_ENV_FILE; "
+                   "a ./.env is never read unless named)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--api-key-stdin", action="store_true", required=True,
                    help="read the API key from standard input")
+    p.add_argument("--force", action="store_true",
+                   help="replace the key of an existing API-key account of that name")
     p = acc_sub.add_parser("import-cli", help="import the Claude CLI's login as an account")
     _common(p)
     p.add_argument("name")
@@ -80,9 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    # argparse reports an unknown option with the top-level usage; the sub-command's
+    # (innermost parser's) usage is the one that shows what was possible.
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        innermost = parser
+        for attr in ("command", "accounts_command", "auth_command"):
+            action = next((a for a in innermost._actions
+                           if isinstance(a, argparse._SubParsersAction)), None)
+            name = getattr(args, attr, None)
+            if action is None or name is None or name not in action.choices:
+                continue
+            innermost = action.choices[name]
+        innermost.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ccrotate`` command."""
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     key = args.command
     for attr in ("accounts_command", "auth_command"):
         if getattr(args, attr, None):
@@ -96,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except CCRotateError as exc:
         print(f"ccrotate: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_status", 2))
     except KeyboardInterrupt:
         return 130
 
