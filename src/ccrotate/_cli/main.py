@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", dest="exit_after", action="store_true",
                       help="exit after the guided tour instead of serving")
 
+    # Only listed here: main() hands its arguments to ccrotate.testing's own parser.
+    sub.add_parser("fake-upstream", add_help=False, help="serve a fake Anthropic API on a "
+                   "port, behaviours scripted from flags (see: ccrotate fake-upstream --help)")
+
     accounts = sub.add_parser("accounts", help="list and add accounts")
     acc_sub = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
     p = acc_sub.add_parser("list", help="names, kinds, states and expiry (never tokens)")
@@ -107,6 +111,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ccrotate`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fake-upstream"]:
+        from ccrotate.testing._cli import main as fake_upstream
+        return fake_upstream(argv[1:], prog="ccrotate fake-upstream")
     args = _parse(argv)
     key = args.command
     for attr in ("accounts_command", "auth_command"):
