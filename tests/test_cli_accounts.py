@@ -199,3 +199,25 @@ def test_login_refuses_a_bad_name_before_the_browser_step(
     assert code == 2
     assert "account names" in out
     assert "authorize" not in out
+
+
+def test_add_refuses_to_replace_an_account_without_force(
+        home: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing name is not silently overwritten: --force says the user means it."""
+    path = home / "accounts.json"
+    seed(path)
+    new_key = "sk-ant-api03-cli-test-newkey-DDDD4444"
+    argv = ["accounts", "add", "ci", "--api-key-stdin", "--accounts", str(path)]
+    code, out = run(argv, capsys, stdin=new_key, monkeypatch=monkeypatch)
+    assert code == 2
+    assert "'ci'" in out
+    assert "already exists; pass --force" in out
+    assert new_key not in out
+    ci = {a.name: a for a in AccountsFile(path).load()}["ci"]
+    assert ci.api_key == Secret(KEY)
+    code, out = run([*argv, "--force"], capsys, stdin=new_key, monkeypatch=monkeypatch)
+    assert code == 0
+    assert new_key not in out
+    ci = {a.name: a for a in AccountsFile(path).load()}["ci"]
+    assert (ci.api_key, ci.weight) == (Secret(new_key), 2)  # the rest of the entry is kept

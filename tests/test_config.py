@@ -216,17 +216,34 @@ def test_urls() -> None:
     assert s.oauth_token_url == "https://auth.example/token"
 
 
+A16, B16 = "a" * 16, "b" * 16  # client tokens: 16 characters at least
+
+
 def test_auth_tokens() -> None:
-    assert load(env={"CCROTATE_AUTH_TOKEN": "abc"}).auth_tokens == ("abc",)
-    s = load(env={"CCROTATE_AUTH_TOKEN": " abc , def,abc"})
-    assert s.auth_tokens == ("abc", "def")
+    assert load(env={"CCROTATE_AUTH_TOKEN": A16}).auth_tokens == (A16,)
+    s = load(env={"CCROTATE_AUTH_TOKEN": f" {A16} , {B16},{A16}"})
+    assert s.auth_tokens == (A16, B16)
+
+
+@pytest.mark.parametrize("raw", ["abc", "x" * 15, f"{'a' * 16},short"])
+def test_short_client_tokens_are_refused(tmp_path: Path, raw: str) -> None:
+    """A token a client could guess is a config error; the message never shows it."""
+    message = error_of(env={"CCROTATE_AUTH_TOKEN": raw})
+    assert message.startswith("CCROTATE_AUTH_TOKEN (environment): expected client tokens of "
+                              "at least 16 characters")
+    assert "short" not in message.replace("shorter", "")
+    assert "abc" not in message
+    toml = write(tmp_path / "c.toml", "[security]\nauth_token = 'abc'\n")
+    assert "at least 16 characters" in error_of(config_path=toml)
+    with pytest.raises(ConfigError, match="at least 16"):
+        Settings(auth_tokens=("abc",))
 
 
 def test_auth_tokens_from_toml(tmp_path: Path) -> None:
-    toml = write(tmp_path / "c.toml", "[security]\nauth_tokens = ['a1', 'b2']\n")
-    assert load(config_path=toml).auth_tokens == ("a1", "b2")
-    toml = write(tmp_path / "c.toml", "[security]\nauth_token = 'a1'\n")
-    assert load(config_path=toml).auth_tokens == ("a1",)
+    toml = write(tmp_path / "c.toml", f"[security]\nauth_tokens = ['{A16}', '{B16}']\n")
+    assert load(config_path=toml).auth_tokens == (A16, B16)
+    toml = write(tmp_path / "c.toml", f"[security]\nauth_token = '{A16}'\n")
+    assert load(config_path=toml).auth_tokens == (A16,)
     toml = write(tmp_path / "c.toml", "[security]\nauth_tokens = []\n")
     assert load(config_path=toml).auth_tokens == ()
     toml = write(tmp_path / "c.toml", "[security]\nauth_token = 'a'\nauth_tokens = ['b']\n")
@@ -270,9 +287,9 @@ def test_tilde_expansion(tmp_path: Path, isolated: Path) -> None:
 
 
 @pytest.mark.parametrize(("var", "raw", "expected"), [
-    ("CCROTATE_PORT", "abc", "expected an integer from 1 to 65535, got 'abc'"),
-    ("CCROTATE_PORT", "0", "expected an integer from 1 to 65535, got '0'"),
-    ("CCROTATE_PORT", "70000", "expected an integer from 1 to 65535"),
+    ("CCROTATE_PORT", "abc", "expected an integer from 0 to 65535, got 'abc'"),
+    ("CCROTATE_PORT", "-1", "expected an integer from 0 to 65535, got '-1'"),
+    ("CCROTATE_PORT", "70000", "expected an integer from 0 to 65535"),
     ("CCROTATE_HOST", " ", "expected a non-empty string"),
     ("CCROTATE_ALLOW_REMOTE", "maybe", "expected a boolean"),
     ("CCPROXY_HOT_RELOAD", "2", "expected a boolean"),
@@ -305,12 +322,12 @@ def test_bad_env_value(var: str, raw: str, expected: str) -> None:
 def test_bad_value_in_dotenv_names_file_and_line(tmp_path: Path) -> None:
     dotenv = write(tmp_path / "x.env", "# ports\n\nCCROTATE_PORT=http\n")
     assert error_of(dotenv_path=dotenv) == (
-        f"CCROTATE_PORT ({dotenv} line 3): expected an integer from 1 to 65535, got 'http'")
+        f"CCROTATE_PORT ({dotenv} line 3): expected an integer from 0 to 65535, got 'http'")
 
 
 @pytest.mark.parametrize(("toml", "expected"), [
-    ("[server]\nport = 'abc'", "[server] port: expected an integer from 1 to 65535, got 'abc'"),
-    ("[server]\nport = true", "[server] port: expected an integer from 1 to 65535, got True"),
+    ("[server]\nport = 'abc'", "[server] port: expected an integer from 0 to 65535, got 'abc'"),
+    ("[server]\nport = true", "[server] port: expected an integer from 0 to 65535, got True"),
     ("[server]\nport = 8080.0", "[server] port: expected an integer"),
     ("[server]\nhost = 5", "[server] host: expected a non-empty string, got 5"),
     ("[rotation]\nenabled = 'sometimes'", "[rotation] enabled: expected a boolean"),
@@ -327,16 +344,16 @@ def test_bad_toml_value(tmp_path: Path, toml: str, expected: str) -> None:
 
 def test_bad_cli_value() -> None:
     assert error_of(cli={"port": "x"}) == (
-        "port (command line): expected an integer from 1 to 65535, got 'x'")
+        "port (command line): expected an integer from 0 to 65535, got 'x'")
 
 
 def test_bad_constructor_value() -> None:
     with pytest.raises(ConfigError, match=r"^Settings\(port=\.\.\.\): expected an integer"):
-        Settings(port=0)
+        Settings(port=-1)
 
 
 def test_overridden_bad_value_is_still_an_error(tmp_path: Path) -> None:
-    toml = write(tmp_path / "c.toml", "[server]\nport = 0\n")
+    toml = write(tmp_path / "c.toml", "[server]\nport = -1\n")
     assert f"{toml} [server] port" in error_of(config_path=toml, env={"CCROTATE_PORT": "1"})
 
 
@@ -344,11 +361,12 @@ def test_overridden_bad_value_is_still_an_error(tmp_path: Path) -> None:
 
 
 def test_repr_hides_secrets() -> None:
-    s = Settings(auth_tokens=(SECRET, "shorty"), admin_token=SECRET + "admin")
+    s = Settings(auth_tokens=(SECRET,), admin_token=SECRET + "admin")
     text = repr(s)
     assert SECRET not in text
-    assert "shorty" not in text
-    assert "auth_tokens=('…6789', '<set>')" in text
+    assert "shorty" not in repr(Settings(admin_token="shorty"))
+    assert "admin_token='<set>'" in repr(Settings(admin_token="shorty"))
+    assert "auth_tokens=('…6789',)" in text
     assert "admin_token='…dmin'" in text
     assert str(s) == text
     assert "port=8080" in text
@@ -397,7 +415,18 @@ def test_unknown_toml_key(tmp_path: Path) -> None:
     assert error_of(config_path=toml) == (
         f"{toml} [server] prot: unknown setting (did you mean 'port'?)")
     toml = write(tmp_path / "c.toml", "[rotation]\nport = 1\n")
-    assert error_of(config_path=toml) == f"{toml} [rotation] port: unknown setting"
+    assert error_of(config_path=toml) == (
+        f"{toml} [rotation] port: unknown setting (did you mean [server] port?)")
+    toml = write(tmp_path / "c.toml", "[server]\nstratgy = 'round_robin'\n")
+    assert error_of(config_path=toml) == (
+        f"{toml} [server] stratgy: unknown setting (did you mean [rotation] strategy?)")
+    toml = write(tmp_path / "c.toml", "[rotation]\nnothing_like_it = 1\n")
+    assert error_of(config_path=toml) == f"{toml} [rotation] nothing_like_it: unknown setting"
+
+
+def test_port_zero_means_any_free_port() -> None:
+    assert load(env={"CCROTATE_PORT": "0"}).port == 0
+    assert Settings(port=0).port == 0
 
 
 def test_unknown_toml_section(tmp_path: Path) -> None:
@@ -422,8 +451,8 @@ def test_explicit_missing_dotenv(tmp_path: Path) -> None:
 def test_config_named_by_env_and_dotenv(tmp_path: Path) -> None:
     toml = write(tmp_path / "named.toml", "[server]\nport = 1234\n")
     assert load(env={"CCROTATE_CONFIG": str(toml)}).port == 1234
-    write(tmp_path / ".env", f"CCROTATE_CONFIG={toml}\n")
-    assert load().port == 1234
+    write(tmp_path / "named.env", f"CCROTATE_CONFIG={toml}\n")
+    assert load(env={"CCROTATE_ENV_FILE": str(tmp_path / "named.env")}).port == 1234
     # The config_path argument beats the environment variable.
     other = write(tmp_path / "other.toml", "[server]\nport = 4321\n")
     assert load(config_path=other, env={"CCROTATE_CONFIG": str(toml)}).port == 4321
@@ -459,7 +488,7 @@ body_timeout = 30.5
 max_connections = 200
 [security]
 allow_remote = true
-auth_tokens = ["client-token-1"]
+auth_tokens = ["client-token-0001"]
 admin_token = "admin-token-1"
 max_body_size = "16MiB"
 [rotation]
@@ -486,7 +515,7 @@ duckdb_path = "/var/log/ccrotate.duckdb"
     s = load(config_path=toml)
     assert (s.host, s.port, s.allow_remote) == ("0.0.0.0", 9000, True)
     assert (s.header_timeout, s.body_timeout, s.max_connections) == (5.0, 30.5, 200)
-    assert (s.auth_tokens, s.admin_token) == (("client-token-1",), "admin-token-1")
+    assert (s.auth_tokens, s.admin_token) == (("client-token-0001",), "admin-token-1")
     assert s.max_body_size == 16 * 2**20
     assert (s.accounts_path, s.rotation_enabled, s.hot_reload) == (
         Path("/srv/accounts.json"), False, False)
@@ -510,7 +539,7 @@ def test_dotenv_parsing(tmp_path: Path) -> None:
         "export CCROTATE_HOST=0.0.0.0",
         'CCROTATE_OAUTH_CLIENT_ID="quoted # not a comment"',
         "CCROTATE_LOG_LEVEL='debug'  # trailing comment",
-        "CCROTATE_AUTH_TOKEN=abc#def # comment after whitespace",
+        "CCROTATE_AUTH_TOKEN=abcdefgh#ijklmnop # comment after whitespace",
         "CCROTATE_PORT = 9001",
         "CCROTATE_PORT=9002",  # a later line wins
         "OTHER_TOOL_SETTING=ignored",
@@ -520,15 +549,38 @@ def test_dotenv_parsing(tmp_path: Path) -> None:
     assert s.host == "0.0.0.0"
     assert s.oauth_client_id == "quoted # not a comment"
     assert s.log_level == "debug"
-    assert s.auth_tokens == ("abc#def",)
+    assert s.auth_tokens == ("abcdefgh#ijklmnop",)
     assert s.port == 9002
     assert s.access_log_path is None
     assert s.source_of("host") == ".env"
 
 
-def test_default_dotenv_in_cwd(tmp_path: Path) -> None:
+def test_dotenv_in_cwd_is_read_only_when_named(tmp_path: Path) -> None:
+    """A ./.env belongs to whatever project the user is in: ignored unless named."""
     write(tmp_path / ".env", "CCROTATE_PORT=4567\n")
-    assert load().port == 4567
+    assert load().port == 8080
+    assert load(env={"CCROTATE_ENV_FILE": ".env"}).port == 4567
+    assert load(dotenv_path=".env").port == 4567
+    # The argument beats the environment variable.
+    other = write(tmp_path / "other.env", "CCROTATE_PORT=4568\n")
+    assert load(dotenv_path=other, env={"CCROTATE_ENV_FILE": ".env"}).port == 4568
+
+
+def test_garbage_dotenv_in_cwd_is_ignored(tmp_path: Path) -> None:
+    write(tmp_path / ".env", "this is not a dotenv file\nCCROTATE_PORT=http\n")
+    assert load().port == 8080
+    assert error_of(env={"CCROTATE_ENV_FILE": ".env"}) == ".env line 1: expected KEY=VALUE"
+
+
+def test_missing_dotenv_named_by_env(tmp_path: Path) -> None:
+    assert error_of(env={"CCROTATE_ENV_FILE": "gone.env"}) == "gone.env: .env file not found"
+
+
+def test_misspelt_setting_in_dotenv(tmp_path: Path) -> None:
+    dotenv = write(tmp_path / "x.env", "OTHER_TOOL=1\nCCROTATE_MAX_ATEMPTS=3\n")
+    assert error_of(dotenv_path=dotenv) == (
+        f"{dotenv} line 2: unknown setting CCROTATE_MAX_ATEMPTS "
+        "(did you mean 'CCROTATE_MAX_ATTEMPTS'?)")
 
 
 def test_dotenv_with_bom(tmp_path: Path) -> None:

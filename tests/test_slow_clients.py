@@ -257,9 +257,10 @@ def test_serve_runs_uvicorn_with_the_guard_from_settings(
     accounts.write_text(json.dumps({"version": 1, "accounts": {
         "alpha": {"apiKey": "sk-ant-api03-slow-clients-aaaa"}}}))
     ran: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw))
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets: ran.update(vars(self.config), sockets=sockets))
     run_server(Settings(accounts_path=accounts, credentials_path=tmp_path / "none.json",
-                        header_timeout=3, max_connections=7, hot_reload=False))
+                        header_timeout=3, max_connections=7, hot_reload=False, port=0))
     assert ran["http"].header_timeout == 3.0
     assert ran["http"].max_connections == 7
 

@@ -137,6 +137,9 @@ def _add(args: argparse.Namespace) -> int:
         if old is not None and old.kind is not AccountKind.API_KEY:
             raise AccountsFileError(str(target.path), "is an OAuth account; remove it first "
                                     "to replace it with an API key", account=args.name)
+        if old is not None and not args.force:
+            raise AccountsFileError(str(target.path), "already exists; pass --force to "
+                                    "replace its API key", account=args.name)
         new = Account(name=args.name, kind=AccountKind.API_KEY, api_key=Secret(key))
         accounts[args.name] = replace(old, api_key=new.api_key) if old is not None else new
         return accounts

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import socket
 import sys
 import tempfile
 import time
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
-from ccrotate._cli.common import command
+from ccrotate._cli.common import BindError, bind_socket, command
 
 if TYPE_CHECKING:
     from ccrotate._server.config import Settings
@@ -97,34 +99,32 @@ def _tour(client: httpx.Client, fake: Any, pool: Any, out: TextIO) -> None:
 DEFAULT_PORT = 8080
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _bind(port: int) -> socket.socket:
+    # 0: the README's 8080 when free, else any free port; a port asked for, exactly that
+    # (BindError, one line and exit status 1, when it is busy).
+    if port == 0:
+        with contextlib.suppress(BindError):
+            return bind_socket("127.0.0.1", DEFAULT_PORT)
+    return bind_socket("127.0.0.1", port)
 
 
 @contextlib.contextmanager
-def _serve_on(app: Any, port: int, settings: Settings) -> Iterator[str]:
-    # serve_app picks a free port; a user who asked for one gets exactly that.
+def _serve_on(app: Any, sock: socket.socket, settings: Settings) -> Iterator[str]:
     import threading
 
     import uvicorn
 
     from ccrotate._cli.serve import uvicorn_options
 
+    port = sock.getsockname()[1]
     opts = {**uvicorn_options(settings), "log_level": "warning"}  # as `ccrotate serve` runs
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **opts))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise OSError(f"cannot serve the demo on 127.0.0.1:{port}")
+            raise BindError(f"cannot serve the demo on 127.0.0.1:{port}")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -133,18 +133,36 @@ def _serve_on(app: Any, port: int, settings: Settings) -> Iterator[str]:
         thread.join(5)
 
 
+def _try_it(base: str, out: TextIO) -> None:
+    # Only what `pip install 'ccrotate[server]'` can run, plus clients the user may have.
+    print(f"""
+Try it yourself (the fake upstream answers; nothing reaches Anthropic):
+   curl -s {base}/api/v1/messages -H 'content-type: application/json' \\
+        -d '{{"model":"{_MODEL}","max_tokens":50,"messages":[{{"role":"user","content":"hi"}}]}}'
+   ANTHROPIC_BASE_URL={base}/api ANTHROPIC_API_KEY=demo claude -p "hi"    # Claude Code
+   dashboard: {base}/dashboard    status: {base}/status    health: {base}/health""",
+          file=out)
+    if importlib.util.find_spec("anthropic") is not None:
+        sdk = (f"import anthropic; c = anthropic.Anthropic(base_url='{base}/api', "
+               f"api_key='demo'); print(c.messages.create(model='{_MODEL}', max_tokens=50, "
+               "messages=[{'role':'user','content':'hi'}]).content)")
+        print(f'   python -c "{sdk}"', file=out)
+    print(file=out, flush=True)
+
+
 def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
     """Run the demo; returns the exit status.
 
-    ``port=0`` serves on 8080 when it is free, else on any free port.
+    ``port=0`` serves on 8080 when it is free, else on any free port. With
+    ``exit_after``, the tour is all: no try-it lines for a server about to stop.
     """
-    from ccrotate._cli.serve import uvicorn_options
     from ccrotate._server.config import Settings
     from ccrotate._server.rotator import Rotator
     from ccrotate.testing import FakeUpstream, serve_app
 
     fake = FakeUpstream()
     with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(_bind(port))  # first: a busy port ends it with one line
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ccrotate-demo-")))
         upstream = stack.enter_context(serve_app(fake))
         settings = Settings(accounts_path=_write_accounts(folder, fake),
@@ -152,29 +170,14 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
                             oauth_token_url=upstream.url + "/v1/oauth/token",
                             credentials_path=folder / "none.json", port=port or 8080)
         rotator = Rotator(settings)
-        app = rotator.app
-        if port == 0 and _port_free(DEFAULT_PORT):
-            port = DEFAULT_PORT  # the port the README and `ccrotate serve` use
-        if port:
-            base = stack.enter_context(_serve_on(app, port, settings))
-        else:
-            base = stack.enter_context(serve_app(app, **uvicorn_options(settings))).url
+        base = stack.enter_context(_serve_on(rotator.app, sock, settings))
         print(f"ccrotate demo: proxy on {base}, fake Anthropic upstream on {upstream.url}\n",
               file=out)
         with httpx.Client(base_url=base, timeout=30) as client:
             _tour(client, fake, rotator.pool, out)
-        print(f"""
-Try it yourself (the fake upstream answers; nothing reaches Anthropic):
-   curl -s {base}/api/v1/messages -H 'content-type: application/json' \\
-        -d '{{"model":"{_MODEL}","max_tokens":50,"messages":[{{"role":"user","content":"hi"}}]}}'
-   ANTHROPIC_BASE_URL={base}/api ANTHROPIC_API_KEY=demo claude -p "hi"
-   python -c "import anthropic; c = anthropic.Anthropic(base_url='{base}/api', api_key='demo'); \
-print(c.messages.create(model='{_MODEL}', max_tokens=50, \
-messages=[{{'role':'user','content':'hi'}}]).content)"
-   dashboard: {base}/dashboard    status: {base}/status    health: {base}/health
-""", file=out, flush=True)
         if exit_after:
             return 0
+        _try_it(base, out)
         print("Serving until Ctrl-C.", file=out, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:

@@ -1,7 +1,9 @@
 """The ``ccrotate`` command: ``serve``, ``demo``, ``accounts …`` and ``auth status``.
 
 Errors a user can fix (bad settings, a malformed accounts file) end the command
-with one line naming the problem and exit status 2; no traceback, no token.
+with one line naming the problem and exit status 2; no traceback, no token. A port
+the server cannot listen on ends it with status 1. A mistake on the command line
+prints the usage of the sub-command it was made in.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "(default: ~/.config/ccrotate/config.toml if present)")
     p.add_argument("--accounts", metavar="PATH", dest="accounts_path",
                    help="accounts file (default: ~/.claude/accounts.json)")
+    p.add_argument("--env-file", metavar="PATH", dest="env_file",
+                   help="read settings from this .env file (default: $CCROTATE_ENV_FILE; "
+                   "a ./.env is never read unless named)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", dest="exit_after", action="store_true",
                       help="exit after the guided tour instead of serving")
 
+    # Only listed here: main() hands its arguments to ccrotate.testing's own parser.
+    sub.add_parser("fake-upstream", add_help=False, help="serve a fake Anthropic API on a "
+                   "port, behaviours scripted from flags (see: ccrotate fake-upstream --help)")
+
     accounts = sub.add_parser("accounts", help="list and add accounts")
     acc_sub = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
     p = acc_sub.add_parser("list", help="names, kinds, states and expiry (never tokens)")
@@ -61,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--api-key-stdin", action="store_true", required=True,
                    help="read the API key from standard input")
+    p.add_argument("--force", action="store_true",
+                   help="replace the key of an existing API-key account of that name")
     p = acc_sub.add_parser("import-cli", help="import the Claude CLI's login as an account")
     _common(p)
     p.add_argument("name")
@@ -80,9 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    # argparse reports an unknown option with the top-level usage; the sub-command's
+    # (innermost parser's) usage is the one that shows what was possible.
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        innermost = parser
+        for attr in ("command", "accounts_command", "auth_command"):
+            action = next((a for a in innermost._actions
+                           if isinstance(a, argparse._SubParsersAction)), None)
+            name = getattr(args, attr, None)
+            if action is None or name is None or name not in action.choices:
+                continue
+            innermost = action.choices[name]
+        innermost.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ccrotate`` command."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fake-upstream"]:
+        from ccrotate.testing._cli import main as fake_upstream
+        return fake_upstream(argv[1:], prog="ccrotate fake-upstream")
+    args = _parse(argv)
     key = args.command
     for attr in ("accounts_command", "auth_command"):
         if getattr(args, attr, None):
@@ -96,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except CCRotateError as exc:
         print(f"ccrotate: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_status", 2))
     except KeyboardInterrupt:
         return 130
 

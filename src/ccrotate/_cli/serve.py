@@ -80,8 +80,34 @@ def check_bind(settings: Settings) -> str | None:
             f"refusing to listen on {settings.host} without a client auth token: set "
             "CCROTATE_AUTH_TOKEN, or pass --allow-remote to expose the pool to anyone "
             "who can reach this address")
-    return (f"WARNING: listening on {settings.host} with NO client authentication "
-            "(--allow-remote)")
+    # Logged at WARNING level, which the log line already says.
+    return (f"listening on {settings.host} with NO client authentication (--allow-remote)")
+
+
+NO_ACCOUNTS = (
+    "no accounts yet: {path} does not exist (nor a Claude CLI login at {cli}). Add one:\n"
+    "  ccrotate accounts login NAME               (a Claude subscription, in the browser)\n"
+    "  ccrotate accounts add NAME --api-key-stdin (an API key, read from standard input)\n"
+    "  ccrotate accounts import-cli NAME          (this machine's Claude CLI login)\n"
+    "or try everything against a fake upstream first: ccrotate demo")
+
+
+def check_accounts(settings: Settings) -> None:
+    """Stop with what to do next when there is no accounts file and no CLI login."""
+    from ccrotate._accounts.file import discover_accounts_file
+    from ccrotate._exceptions import ConfigError
+    if not discover_accounts_file(settings.accounts_path, settings.credentials_path).exists():
+        raise ConfigError(NO_ACCOUNTS.format(path=settings.accounts_path,
+                                             cli=settings.credentials_path))
+
+
+def _announce(rotator: Any, settings: Settings, port: int) -> None:
+    from ccrotate._cli.common import client_urls
+    where, urls = client_urls(settings, port)
+    source = rotator.accounts_file.path if rotator.accounts_file else "code"
+    log.info("ccrotate: %d account(s) from %s; %s", len(rotator.pool), source, where)
+    log.info("clients use ANTHROPIC_BASE_URL=%s", " or ".join(f"{u}/api" for u in urls))
+    log.info("dashboard: %s/dashboard", urls[0])
 
 
 def run_server(settings: Settings) -> None:
@@ -91,23 +117,28 @@ def run_server(settings: Settings) -> None:
     except ImportError as exc:
         from ccrotate._exceptions import ConfigError
         raise ConfigError("the server needs uvicorn: pip install 'ccrotate[server]'") from exc
+    from ccrotate._cli.common import bind_socket
     from ccrotate._server.rotator import Rotator
     notice = check_bind(settings)
+    check_accounts(settings)
+    options = uvicorn_options(settings)
     rotator = Rotator(settings)
+    sock = bind_socket(settings.host, settings.port)  # a busy port: one line, exit 1
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
     if notice:
         log.warning(notice)
     needed = fd_budget(settings, rotator.config.timeouts.pool_size)
     if warning := _raise_fd_limit(needed, settings.max_connections):
         log.warning(warning)
-    log.info("ccrotate: %d account(s) from %s; clients use ANTHROPIC_BASE_URL=http://%s:%d/api",
-             len(rotator.pool), rotator.accounts_file or "code", settings.host, settings.port)
+    _announce(rotator, settings, sock.getsockname()[1])
     # Everything built so far lives for the whole process: keep the collector from
     # re-scanning it on every full collection (measurably shorter GC pauses under load).
     gc.collect()
     gc.freeze()
-    uvicorn.run(rotator.app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                **uvicorn_options(settings))
+    config = uvicorn.Config(rotator.app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, **options)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 @command("serve")

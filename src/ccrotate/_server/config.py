@@ -1,7 +1,8 @@
 """Settings: one immutable object holding every ccrotate knob, and the loader that fills it.
 
 Values come from five layers, highest first: command-line overrides, environment
-variables, a ``.env`` file, a TOML config file, then the defaults on :class:`Settings`.
+variables, a ``.env`` file (only when one is named: ``--env-file`` or ``CCROTATE_ENV_FILE``),
+a TOML config file, then the defaults on :class:`Settings`.
 How each setting is named in each layer lives in one table, :data:`FIELDS`, so the CLI
 and ``docs/configuration.md`` derive from data rather than from a chain of ifs.
 
@@ -149,12 +150,23 @@ def _token(raw: object) -> str:
     raise ValueError(f"a token of {_TOKEN_CHARS}")
 
 
+MIN_CLIENT_TOKEN = 16
+"""Shortest client token accepted: anything shorter is guessable by whoever can reach the port."""
+
+
 def _tokens(raw: object) -> tuple[str, ...]:
     items = raw.split(",") if isinstance(raw, str) else raw
+    tokens: tuple[str, ...] | None = None
     if isinstance(items, list | tuple):
         with contextlib.suppress(ValueError):  # one bad token: report the whole list's rule
-            return tuple(dict.fromkeys(map(_token, cast("Iterable[object]", items))))  # dedupe
-    raise ValueError(f"a comma-separated list of tokens of {_TOKEN_CHARS}")
+            tokens = tuple(dict.fromkeys(map(_token, cast("Iterable[object]", items))))  # dedupe
+    if tokens is None:
+        raise ValueError(f"a comma-separated list of tokens of {_TOKEN_CHARS}")
+    if any(len(token) < MIN_CLIENT_TOKEN for token in tokens):  # the token is never shown
+        raise ValueError(
+            f"client tokens of at least {MIN_CLIENT_TOKEN} characters (one is shorter); make "
+            "one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return tokens
 
 
 def _items(raw: object) -> list[str] | None:
@@ -255,7 +267,8 @@ def _spec(name: str, env: str, toml: str, parse: Parser, help: str, *,
 
 FIELDS: tuple[FieldSpec, ...] = (
     _spec("host", "CCROTATE_HOST", "server.host", _text, "Interface the server binds."),
-    _spec("port", "CCROTATE_PORT", "server.port", _int(1, 65535), "TCP port the server binds."),
+    _spec("port", "CCROTATE_PORT", "server.port", _int(0, 65535),
+          "TCP port the server binds; 0: any free port (the one chosen is printed)."),
     _spec("header_timeout", "CCROTATE_HEADER_TIMEOUT", "server.header_timeout",
           _seconds(zero_ok=False),
           "Seconds a connection has to send a complete request head; closed (408) beyond."),
@@ -441,13 +454,16 @@ def load_settings(*, cli: Mapping[str, object] | None = None,
     config file, the defaults.
 
     ``cli`` maps field names to values, ``None`` meaning "not given". ``env`` defaults
-    to ``os.environ``; ``dotenv_path`` to ``./.env`` and ``config_path`` to
-    ``$CCROTATE_CONFIG`` or ``~/.config/ccrotate/config.toml`` (``$XDG_CONFIG_HOME`` is
-    honoured), each read only if it exists unless named explicitly. Raises ConfigError.
+    to ``os.environ``. A .env file is read only when named, by ``dotenv_path`` or else
+    ``$CCROTATE_ENV_FILE``, and must then exist: a ``./.env`` left by another tool is
+    never picked up. ``config_path`` defaults to ``$CCROTATE_CONFIG`` or
+    ``~/.config/ccrotate/config.toml`` (``$XDG_CONFIG_HOME`` is honoured), read only if
+    it exists unless named explicitly. Raises ConfigError.
     """
     env = os.environ if env is None else env
-    dotenv_file = Path(".env") if dotenv_path is None else Path(dotenv_path).expanduser()
-    dotenv = _read_dotenv(dotenv_file, required=dotenv_path is not None)
+    named_dotenv = dotenv_path or env.get("CCROTATE_ENV_FILE") or None
+    dotenv_file = Path(named_dotenv).expanduser() if named_dotenv else Path(".env")
+    dotenv = _read_dotenv(dotenv_file) if named_dotenv else {}
     toml_file, toml = _read_config(config_path, env, dotenv)
     given = {key: value for key, value in (cli or {}).items() if value is not None}
     if unknown := sorted(given.keys() - _SPECS.keys()):
@@ -477,6 +493,17 @@ def load_settings(*, cli: Mapping[str, object] | None = None,
 def _hint(word: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _key_hint(section: str, key: str, known: Iterable[str]) -> str:
+    # The closest key in the same section; else the same or a close key in another one
+    # (`[server] strategy` is `[rotation] strategy`).
+    keys = [k.split(".")[1] for k in known if k.startswith(f"{section}.")]
+    if hint := _hint(key, keys):
+        return hint
+    elsewhere = {k.split(".")[1]: k.split(".")[0] for k in sorted(known)}
+    close = difflib.get_close_matches(key, list(elsewhere), n=1)
+    return f" (did you mean [{elsewhere[close[0]]}] {close[0]}?)" if close else ""
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -509,9 +536,7 @@ def _dotenv_line(line: str) -> tuple[str, str] | None:
     return key, re.split(r"(?:^|\s+)#", value, maxsplit=1)[0]
 
 
-def _read_dotenv(path: Path, *, required: bool) -> dict[str, tuple[str, int]]:
-    if not required and not path.is_file():
-        return {}
+def _read_dotenv(path: Path) -> dict[str, tuple[str, int]]:
     entries: dict[str, tuple[str, int]] = {}
     for number, line in enumerate(_read_text(path, ".env file").splitlines(), start=1):
         try:
@@ -521,6 +546,12 @@ def _read_dotenv(path: Path, *, required: bool) -> dict[str, tuple[str, int]]:
             raise ConfigError(f"{path} line {number}: expected KEY=VALUE") from exc
         if entry is not None:
             entries[entry[0]] = (entry[1], number)
+    # The file is ccrotate's own: a misspelt CCROTATE_ name there is a mistake, not another
+    # tool's setting (those, without the prefix, are ignored).
+    known = {var for spec in FIELDS for var in spec.env} | {"CCROTATE_CONFIG"}
+    for key, (_, number) in entries.items():
+        if key.startswith(("CCROTATE_", "CCPROXY_")) and key not in known:
+            raise ConfigError(f"{path} line {number}: unknown setting {key}{_hint(key, known)}")
     return entries
 
 
@@ -552,8 +583,8 @@ def _read_config(config_path: str | os.PathLike[str] | None, env: Mapping[str, s
             raise ConfigError(f"{path}: unknown section [{section}]{_hint(section, sections)}")
         for key, value in cast("dict[str, object]", table).items():
             if f"{section}.{key}" not in known:
-                keys = [k.split(".")[1] for k in known if k.startswith(f"{section}.")]
-                raise ConfigError(f"{path} [{section}] {key}: unknown setting{_hint(key, keys)}")
+                raise ConfigError(f"{path} [{section}] {key}: unknown setting"
+                                  + _key_hint(section, key, known))
             flat[f"{section}.{key}"] = value
     for spec in FIELDS:
         if len(both := [key for key in spec.toml if key in flat]) > 1:
