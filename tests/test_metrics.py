@@ -60,7 +60,7 @@ def test_failover_counts_reason_cooldown_state_and_winner(
     stack.fake.script(TOKEN_B, Reply(input_tokens=1000, output_tokens=200))
     assert ask(stack).status_code == 200
     assert wait_for(lambda: requests_total(metrics, "b", "200") == 1)
-    assert sample(metrics, "ccrotate_failovers_total", account="a", reason="rate_limited") == 1
+    assert sample(metrics, "ccrotate_failovers_total", account="a", reason="quota") == 1
     assert sample(metrics, "ccrotate_cooldowns_total", account="a") == 1
     assert sample(metrics, "ccrotate_account_state", account="a", state="rate_limited") == 1
     assert sample(metrics, "ccrotate_account_state", account="a", state="available") == 0

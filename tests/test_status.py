@@ -323,13 +323,15 @@ async def test_actions_are_logged_with_the_peer_not_the_key(
     assert "STATUSaudit" not in caplog.text
 
 
-async def test_enable_keeps_an_account_that_needs_a_login_in_auth_error(
+async def test_enable_clears_every_state_including_auth_error(
         pool: AccountPool, client: httpx.AsyncClient) -> None:
-    """Enabling does not pretend: a disabled account with broken credentials stays auth_error."""
+    """An operator's enable is a reset: a disabled account with refused credentials serves
+    again (a wrong login shows up at its next request), and its last error is cleared."""
     pool.report_auth_error("gamma", "upstream 401")
     await client.post("/status/accounts/gamma/disable")
     body = (await client.post("/status/accounts/gamma/enable")).json()
-    assert body["account"]["state"] == "auth_error"
+    assert body["account"]["state"] == "available"
+    assert pool.status("gamma").last_error is None
 
 
 def write_accounts(path: Path, entries: dict[str, dict[str, Any]]) -> None:

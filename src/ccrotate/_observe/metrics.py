@@ -26,13 +26,14 @@ from ccrotate._asgi import Receive, Scope, Send, send_bytes
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
+from ccrotate._pool.taxonomy import Reason
 from ccrotate._proxy.record import Failover, RequestRecord
 from ccrotate._wire import MODEL_ID_SHAPE
 
 __all__ = ["MetricsApp", "PrometheusMetrics"]
 
 ROUTES = frozenset({"messages", "count_tokens", "models", "chat_completions"})
-REASONS = frozenset({"rate_limited", "overloaded", "auth", "connection", "server_error"})
+REASONS = frozenset(reason.value for reason in Reason)
 ERROR_TYPES = frozenset({
     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
     "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "billing_error",

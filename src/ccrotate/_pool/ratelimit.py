@@ -19,7 +19,7 @@ __all__ = ["QuotaSnapshot", "WindowQuota", "cooldown_until", "parse_quota"]
 
 UNIFIED = "anthropic-ratelimit-unified-"
 WINDOWS = ("5h", "7d", "7d_oi", "7d_sonnet", "overage")
-_API_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
+API_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
 # Never believe a reset further out than this: a clock or parsing error must not
 # park an account for months.
 MAX_COOLDOWN = 8 * 24 * 3600.0
@@ -101,7 +101,7 @@ def parse_quota(headers: HeaderGetter, now: float) -> QuotaSnapshot | None:
                 windows[win] = WindowQuota(util, wstatus, reset)
         return QuotaSnapshot(status, _float(headers.get(UNIFIED + "reset")),
                              headers.get(UNIFIED + "representative-claim"), windows, now)
-    for bucket in _API_BUCKETS:
+    for bucket in API_BUCKETS:
         limit = _float(headers.get(f"anthropic-ratelimit-{bucket}-limit"))
         remaining = _float(headers.get(f"anthropic-ratelimit-{bucket}-remaining"))
         if limit and remaining is not None:
@@ -138,7 +138,7 @@ def cooldown_until(headers: HeaderGetter, now: float, *, default: float,
                 reset = _float(headers.get(f"{UNIFIED}{win}-reset"))
                 if reset is not None:
                     candidates.append(reset)
-    for bucket in _API_BUCKETS:
+    for bucket in API_BUCKETS:
         remaining = _float(headers.get(f"anthropic-ratelimit-{bucket}-remaining"))
         if remaining is not None and remaining <= 0:
             reset = _rfc3339(headers.get(f"anthropic-ratelimit-{bucket}-reset"))

@@ -23,6 +23,7 @@ from ccrotate._proxy.dialects.base import ClientRequest, Headers, Prepared
 from ccrotate._proxy.dialects.openai.caps import ModelCapabilities, parse_model_capabilities
 from ccrotate._proxy.dialects.openai.errors import (
     anthropic_error_to_openai,
+    ratelimit_headers,
     translation_error_body,
 )
 from ccrotate._proxy.dialects.openai.response import model_to_openai, models_to_openai
@@ -48,9 +49,12 @@ CAPABILITIES_RETRY = 60.0
 def _openai_error(failed: Failed) -> Failed:
     status, body = anthropic_error_to_openai(failed.status, failed.body)
     headers = [_JSON, *((k, v) for k, v in failed.headers if k in _KEEP)]
-    if status == 429 and parse_error(failed.body)[2] == SPEND_CAP:
-        # insufficient_quota will not clear by retrying; the openai SDK obeys this header.
-        headers.append(_NO_RETRY)
+    if status == 429:
+        # OpenAI clients pace themselves by x-ratelimit-*, not by Anthropic's headers.
+        headers += ratelimit_headers(failed.headers, time.time())
+        if parse_error(failed.body)[2] == SPEND_CAP:
+            # insufficient_quota will not clear by retrying; the openai SDK obeys this header.
+            headers.append(_NO_RETRY)
     return Failed(status, headers, body)
 
 
