@@ -204,8 +204,10 @@ def test_numbers_and_choices() -> None:
 
 def test_strategy_names_the_pools_strategies() -> None:
     """The setting accepts exactly the strategies the pool has, and says which."""
-    assert "expected one of 'round_robin', 'first_available', got 'least_used'" in error_of(
+    assert ("expected one of 'round_robin', 'least_recently_used', 'quota_aware', "
+            "'first_available', got 'least_used'") in error_of(
         env={"CCROTATE_STRATEGY": "least_used"})
+    assert load(env={"CCROTATE_STRATEGY": "quota_aware"}).strategy == "quota_aware"
     assert load(env={"CCROTATE_STRATEGY": "first_available"}).strategy == "first_available"
 
 
@@ -283,7 +285,8 @@ def test_tilde_expansion(tmp_path: Path, isolated: Path) -> None:
     ("CCROTATE_OAUTH_AUTHORIZE_URL", "http://h:99999/", "expected an http:// or https:// URL"),
     ("CCROTATE_OAUTH_CLIENT_ID", "", "expected a non-empty string"),
     ("CCROTATE_STRATEGY", "random",
-     "expected one of 'round_robin', 'first_available', got 'random'"),
+     "expected one of 'round_robin', 'least_recently_used', 'quota_aware', "
+     "'first_available', got 'random'"),
     ("CCROTATE_REFRESH_BUFFER", "-1", "expected a number of seconds >= 0, got '-1'"),
     ("CCROTATE_MAX_ATTEMPTS", "0", "expected an integer >= 1, got '0'"),
     ("CCROTATE_MAX_ATTEMPTS", "2.5", "expected an integer >= 1"),

@@ -538,14 +538,20 @@ class AccountPool:
                     model: str | None) -> list[Candidate]:
         out = []
         denied = self._denied if model is not None else None
+        available = AccountState.AVAILABLE
         for name in self._order:
             if name in exclude:
                 continue
             rt = self._rt(name)
-            self._expire(rt, now)
-            if _can_serve(rt) and not (denied is not None and (name, model) in denied):
+            # Inlined _expire/_can_serve for the usual case: this runs per request per account.
+            if rt.state is not available:
+                self._expire(rt, now)
+                if not _can_serve(rt):
+                    continue
+            if denied is None or (name, model) not in denied:
                 acc = rt.account
-                out.append(Candidate(name, acc.weight, acc.priority, rt.in_flight, rt.quota))
+                out.append(Candidate(name, acc.weight, acc.priority, rt.in_flight, rt.quota,
+                                     rt.last_used))
         return out
 
     def _unavailable_one(self, rt: AccountRuntime, now: float) -> NoAccountAvailable:
