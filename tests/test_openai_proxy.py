@@ -805,7 +805,7 @@ def test_user_is_the_session_key_and_the_model_is_claudes(serve_openai: Any,
     stack.sync().chat.completions.create(model="gpt-4o", messages=USER, user="alice")
     assert stack.sent()["metadata"] == {"user_id": "alice"}
     chat = spy.contexts[-1]
-    assert (chat.model, chat.session_key) == (MODEL, "alice")
+    assert (chat.model, chat.session_key) == (MODEL, "user:alice")
 
 
 def test_capability_fetch_renews_a_due_oauth_token_first(

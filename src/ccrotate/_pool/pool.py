@@ -36,6 +36,8 @@ __all__ = ["AccountPool", "AccountStatus", "MemoryStateStore", "PoolEvent", "Rel
            "StateStore"]
 
 _NO_CONTEXT = SelectionContext()
+AFFINITY_SIZE = 65536
+"""Sessions remembered at most (each costs a dict entry, about 200 bytes)."""
 QUOTA_REFRESH = 1.0
 """Seconds between two parses of a successful response's rate-limit headers."""
 log = logging.getLogger("ccrotate.pool")
@@ -133,6 +135,10 @@ class AccountPool:
         entitlement_ttl: seconds an account stays skipped for a model it was refused (403).
         forbidden_threshold: 403s in a row (from different requests) that take the
             account out as ``auth_error``.
+        affinity_ttl: seconds a session stays bound to the account that served it (the
+            prompt cache's lifetime); ``None`` or 0 turns session affinity off.
+        session_header: the request header naming a session when ``metadata.user_id``
+            names none (``None``: headers are not looked at).
     """
 
     def __init__(self, accounts: Iterable[Account] = (), *,
@@ -140,7 +146,8 @@ class AccountPool:
                  default_cooldown: float = 60.0, clock: Callable[[], float] = time.time,
                  store: StateStore | None = None, backoff_base: float = 2.0,
                  backoff_cap: float = 120.0, entitlement_ttl: float = 900.0,
-                 forbidden_threshold: int = 3) -> None:
+                 forbidden_threshold: int = 3, affinity_ttl: float | None = 300.0,
+                 session_header: str | None = "x-session-id") -> None:
         if strategy is None:
             strategy = RoundRobin() if rotation else FirstAvailable()
         self._strategy = strategy
@@ -153,6 +160,16 @@ class AccountPool:
         # names cannot grow it, and timed by the pool's clock so tests can expire it.
         self._denied: TTLCache[tuple[str, str], float] = TTLCache(
             maxsize=4096, ttl=entitlement_ttl, timer=clock)
+        # Session -> account. Bounded: a flood of one-off sessions evicts the oldest.
+        # Values are (account, when bound or last extended).
+        self._bindings: TTLCache[str, tuple[str, float]] | None = TTLCache(
+            maxsize=AFFINITY_SIZE, ttl=affinity_ttl, timer=clock) if affinity_ttl else None
+        self._rebind_after = (affinity_ttl or 0.0) / 10
+        self.session_header: bytes | None = (
+            session_header.lower().encode("latin-1") if session_header else None)
+        self.affinity_counts: dict[str, int] = {"hit": 0, "miss": 0, "rebind": 0}
+        """Affinity decisions so far: bound account served (``hit``), a new session
+        (``miss``), the bound account could not serve and another was bound (``rebind``)."""
         self._store: StateStore = store if store is not None else MemoryStateStore()
         self._lock = threading.Lock()
         self._order: list[str] = []
@@ -176,6 +193,17 @@ class AccountPool:
     def now(self) -> float:
         """The pool's clock (epoch seconds); a test may have replaced it."""
         return self._clock()
+
+    @property
+    def affinity(self) -> bool:
+        """Whether requests of one session stay on one account."""
+        return self._bindings is not None
+
+    def bound(self, session: str) -> str | None:
+        """The account ``session`` is bound to now, if any."""
+        with self._lock:
+            entry = self._bindings.get(session) if self._bindings is not None else None
+            return entry[0] if entry is not None else None
 
     @property
     def names(self) -> list[str]:
@@ -247,11 +275,7 @@ class AccountPool:
                 candidates = self._candidates(now, exclude, model)
                 if not candidates:
                     raise self._unavailable_all(now, exclude)
-                chosen = self._strategy.select(candidates, context or _NO_CONTEXT)
-                if not any(c.name == chosen for c in candidates):
-                    # A custom strategy must never hand out a cooling or unknown account.
-                    raise ValueError(f"strategy chose {chosen!r}, which is not a candidate")
-                rt = self._rt(chosen)
+                rt = self._rt(self._choose(candidates, context))
             if rt.state is AccountState.PROBING:
                 rt.probe_out = True  # the half-open probe: nobody else until it reports
             rt.requests += 1
@@ -512,6 +536,32 @@ class AccountPool:
         until_out = (rt.cooldown_until if event is Event.RATE_LIMITED
                      else rt.backoff_until if event is Event.FAILED else None)
         return PoolEvent(rt.account.name, event, before, rt.state, until_out, reason)
+
+    def _choose(self, candidates: list[Candidate], context: SelectionContext | None) -> str:
+        # Affinity first: the session's account while it can serve; else the strategy,
+        # and the session is (re)bound to what it chose.
+        bindings = self._bindings
+        key = context.session_key if context is not None and bindings is not None else None
+        if key is not None:
+            assert bindings is not None
+            entry = bindings.get(key)
+            if entry is not None and any(c.name == entry[0] for c in candidates):
+                self.affinity_counts["hit"] += 1
+                now = self._clock()
+                if now - entry[1] > self._rebind_after:
+                    # Each use extends the binding, as it does the prompt cache; re-setting
+                    # only now and then spares the TTL map's bookkeeping on most hits.
+                    bindings[key] = (entry[0], now)
+                return entry[0]
+            self.affinity_counts["rebind" if entry is not None else "miss"] += 1
+        chosen = self._strategy.select(candidates, context or _NO_CONTEXT)
+        if not any(c.name == chosen for c in candidates):
+            # A custom strategy must never hand out a cooling or unknown account.
+            raise ValueError(f"strategy chose {chosen!r}, which is not a candidate")
+        if key is not None:
+            assert bindings is not None
+            bindings[key] = (chosen, self._clock())
+        return chosen
 
     def _denied_for(self, name: str) -> tuple[str, ...]:
         if not self._denied:

@@ -37,7 +37,9 @@ class SelectionContext:
 
     Parameters:
         model: the model the request asks for.
-        session_key: the client's session (``metadata.user_id``), for affinity.
+        session_key: the conversation's affinity key (the session in ``metadata.user_id``,
+            else the session header, else a hash of the prompt prefix up to its first
+            ``cache_control``); ``None`` when there is none or affinity is off.
         headers: the client's request headers as ASGI pairs (lower-case bytes names),
             read through :meth:`header`; kept as the server gave them, nothing copied.
     """

@@ -292,6 +292,13 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("default_cooldown", "CCROTATE_DEFAULT_COOLDOWN", "rotation.default_cooldown",
           _seconds(zero_ok=False),
           "Seconds an account rests after a 429 that says nothing about when to retry."),
+    _spec("session_affinity", "CCROTATE_SESSION_AFFINITY", "rotation.session_affinity", _bool,
+          "Keep the requests of one conversation on one account while it can serve."),
+    _spec("affinity_ttl", "CCROTATE_AFFINITY_TTL", "rotation.affinity_ttl",
+          _seconds(zero_ok=False),
+          "Seconds a session stays bound to its account after its last request."),
+    _spec("session_header", "CCROTATE_SESSION_HEADER", "rotation.session_header", _text,
+          "Request header naming a session when metadata.user_id names none."),
     _spec("inject_identity", "CCROTATE_INJECT_IDENTITY", "rotation.inject_identity", _bool,
           "Prepend Claude Code's identity system block for OAuth accounts."),
     _spec("relocate_system", "CCROTATE_RELOCATE_SYSTEM", "rotation.relocate_system", _bool,
@@ -370,6 +377,9 @@ class Settings:
     refresh_buffer: float = 600.0
     max_attempts: int = 4
     default_cooldown: float = 60.0
+    session_affinity: bool = True
+    affinity_ttl: float = 300.0
+    session_header: str = "x-session-id"
     inject_identity: bool = True
     relocate_system: bool = False
     auth_tokens: tuple[str, ...] = ()

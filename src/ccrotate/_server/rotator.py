@@ -107,7 +107,10 @@ class Rotator:
             pool = AccountPool(accounts_file.load(),
                                strategy=strategy_named(settings.strategy,
                                                        rotation=settings.rotation_enabled),
-                               default_cooldown=settings.default_cooldown)
+                               default_cooldown=settings.default_cooldown,
+                               affinity_ttl=(settings.affinity_ttl
+                                             if settings.session_affinity else None),
+                               session_header=settings.session_header)
         self.pool = pool
         self.accounts_file = accounts_file
         self.config = ProxyConfig(

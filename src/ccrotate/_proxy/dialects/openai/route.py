@@ -31,6 +31,7 @@ from ccrotate._proxy.dialects.openai.stream import StreamTranslator
 from ccrotate._proxy.dialects.openai.translator import OpenAITranslator, TranslatedRequest
 from ccrotate._proxy.headers import request_headers
 from ccrotate._proxy.record import RequestRecord
+from ccrotate._proxy.session import session_key
 from ccrotate._upstream.providers import OutgoingRequest
 from ccrotate._wire import SPEND_CAP, needs_identity, parse_error, peek_request
 
@@ -170,7 +171,10 @@ class _ChatRoute:
         user = peek.metadata.user_id if peek.metadata is not None else None
         outgoing = OutgoingRequest("POST", "/v1/messages", fwd, None, req.body,
                                    needs_identity(peek.system))
-        context = SelectionContext(model=req.model, session_key=user, headers=headers)
+        pool = request.loop.pool
+        key = session_key(user, headers, req.body, pool.session_header) \
+            if pool.affinity else None
+        context = SelectionContext(model=req.model, session_key=key, headers=headers)
         return Prepared(Attempt(outgoing, pinned, context), _ChatAdapter(translator, req),
                         usage_from_body=True)
 
