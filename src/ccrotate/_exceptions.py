@@ -96,9 +96,11 @@ class NoAccountAvailable(PoolError):
     """
 
     def __init__(self, message: str, *, retry_after: float | None = None,
-                 refusal: tuple[str, str] | None = None) -> None:
+                 refusal: tuple[str, str] | None = None, at_capacity: bool = False) -> None:
         self.retry_after = retry_after
         self.refusal = refusal
+        self.at_capacity = at_capacity
+        """Accounts could serve but all are at their ``maxConcurrent``: a release helps."""
         super().__init__(message)
 
 

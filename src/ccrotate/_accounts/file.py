@@ -42,7 +42,7 @@ FILE_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 # Keys ccrotate owns inside one account object; everything else is the user's and is kept.
 _KNOWN = frozenset({"accessToken", "refreshToken", "expiresAt", "apiKey", "weight",
-                    "priority", "disabled", "baseUrl"})
+                    "priority", "disabled", "baseUrl", "maxConcurrent"})
 _CLI_KEY = "claudeAiOauth"
 CLI_ACCOUNT_NAME = "default"
 
@@ -258,6 +258,9 @@ def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
     extra = {k: v for k, v in entry.items() if k not in _KNOWN}
     weight = _opt_int(where, name, entry, "weight", 1, minimum=0)
     priority = _opt_int(where, name, entry, "priority", 0, minimum=None)
+    cap = entry.get("maxConcurrent")
+    max_concurrent = None if cap is None else _opt_int(where, name, entry, "maxConcurrent", 1,
+                                                       minimum=1)
     disabled = entry.get("disabled", False)
     if not isinstance(disabled, bool):
         raise AccountsFileError(where, "must be true or false", account=name, field="disabled")
@@ -275,12 +278,12 @@ def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
         key = _token(where, name, entry, "apiKey")
         return Account(name=name, kind=AccountKind.API_KEY, api_key=Secret(key),
                        weight=weight, priority=priority, disabled=disabled,
-                       base_url=base_url, extra=extra)
+                       base_url=base_url, max_concurrent=max_concurrent, extra=extra)
     acc = _parse_oauth(where, name, entry)
     return Account(name=name, kind=AccountKind.OAUTH, access_token=acc.access_token,
                    refresh_token=acc.refresh_token, expires_at=acc.expires_at,
                    weight=weight, priority=priority, disabled=disabled,
-                   base_url=base_url, extra=extra)
+                   base_url=base_url, max_concurrent=max_concurrent, extra=extra)
 
 
 def _parse_oauth(where: str, name: str, entry: dict[str, Any]) -> Account:
@@ -339,6 +342,8 @@ def _serialise(acc: Account) -> dict[str, Any]:
         out["disabled"] = True
     if acc.base_url:
         out["baseUrl"] = acc.base_url
+    if acc.max_concurrent is not None:
+        out["maxConcurrent"] = acc.max_concurrent
     return out
 
 

@@ -83,6 +83,8 @@ class Account:
     disabled: bool = False
     base_url: str | None = None
     """This account's own Messages API host (``baseUrl`` in the file), else the default."""
+    max_concurrent: int | None = None
+    """At most this many requests in flight on it (``maxConcurrent``); ``None``: no cap."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

@@ -167,6 +167,7 @@ class AccountPool:
         self._rebind_after = (affinity_ttl or 0.0) / 10
         self.session_header: bytes | None = (
             session_header.lower().encode("latin-1") if session_header else None)
+        self._release_waiters: set[Callable[[], None]] = set()
         self.affinity_counts: dict[str, int] = {"hit": 0, "miss": 0, "rebind": 0}
         """Affinity decisions so far: bound account served (``hit``), a new session
         (``miss``), the bound account could not serve and another was bound (``rebind``)."""
@@ -270,6 +271,10 @@ class AccountPool:
                 self._expire(rt, now)
                 if not _can_serve(rt):
                     raise self._unavailable_one(rt, now)
+                if _at_cap(rt):
+                    raise NoAccountAvailable(f"account {name!r} is at its maxConcurrent "
+                                             f"({rt.account.max_concurrent})", retry_after=1.0,
+                                             at_capacity=True)
             else:
                 model = context.model if context is not None and self._denied else None
                 candidates = self._candidates(now, exclude, model)
@@ -292,6 +297,24 @@ class AccountPool:
                 if rt.in_flight == 0:
                     # A probe that ended without an outcome (cancelled): let another try.
                     rt.probe_out = False
+            waiters = list(self._release_waiters) if self._release_waiters else None
+        if waiters:
+            for wake in waiters:
+                wake()  # outside the lock: a waiter's acquire takes it again
+
+    def on_release(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake()`` after every :meth:`release` (must not block); returns the undo.
+
+        For callers waiting for an account at its ``maxConcurrent`` to free up.
+        """
+        with self._lock:
+            self._release_waiters.add(wake)
+
+        def undo() -> None:
+            with self._lock:
+                self._release_waiters.discard(wake)
+
+        return undo
 
     # -- outcomes ----------------------------------------------------------------------------
 
@@ -598,8 +621,10 @@ class AccountPool:
                 self._expire(rt, now)
                 if not _can_serve(rt):
                     continue
+            acc = rt.account
+            if acc.max_concurrent is not None and rt.in_flight >= acc.max_concurrent:
+                continue
             if denied is None or (name, model) not in denied:
-                acc = rt.account
                 out.append(Candidate(name, acc.weight, acc.priority, rt.in_flight, rt.quota,
                                      rt.last_used))
         return out
@@ -619,6 +644,10 @@ class AccountPool:
     def _unavailable_all(self, now: float, exclude: Collection[str]) -> NoAccountAvailable:
         if not self._order:
             return NoAccountAvailable("the pool has no accounts")
+        if any(_can_serve(rt) and _at_cap(rt)
+               for rt in (self._rt(n) for n in self._order if n not in exclude)):
+            return NoAccountAvailable("every account that can serve is at its maxConcurrent",
+                                      retry_after=1.0, at_capacity=True)
         cooling = [(until, n) for n in self._order if (until := _back_at(self._rt(n), now))]
         if cooling:
             until, name = min(cooling)
@@ -629,6 +658,11 @@ class AccountPool:
         if any(self._rt(n).state is AccountState.AVAILABLE for n in exclude if n in self):
             return NoAccountAvailable("every account that can serve was tried for this request")
         return NoAccountAvailable("no account can serve: all are disabled or need a new login")
+
+
+def _at_cap(rt: AccountRuntime) -> bool:
+    cap = rt.account.max_concurrent
+    return cap is not None and rt.in_flight >= cap
 
 
 def _can_serve(rt: AccountRuntime) -> bool:

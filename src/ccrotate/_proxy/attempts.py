@@ -9,6 +9,7 @@ hand on is closed here, on every path including cancellation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
@@ -128,6 +129,8 @@ class LoopConfig:
     backoff_base: float = 0.05
     backoff_cap: float = 1.0
     max_response_body: int = 64 * 1024 * 1024
+    capacity_wait: float = 30.0
+    """Seconds to wait for a slot when every account that can serve is at its cap."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -180,7 +183,7 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
     backoffs = 0
     while record.attempts < config.max_attempts:
         try:
-            account = _acquire(pool, attempt, tried, again)
+            account = await _acquire(pool, attempt, tried, again, config.capacity_wait)
             again = None
         except UnknownAccount as exc:
             return Failed.of(400, "invalid_request_error", str(exc))
@@ -222,8 +225,41 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
     return last if last is not None else Failed.of(503, "api_error", "ccrotate: no attempt made")
 
 
-def _acquire(pool: AccountPool, attempt: Attempt, tried: list[str],
-             again: str | None) -> Account:
+async def _acquire(pool: AccountPool, attempt: Attempt, tried: list[str],
+                   again: str | None, wait: float) -> Account:
+    # Without a cap in the way this returns at once, without awaiting anything.
+    try:
+        return _acquire_now(pool, attempt, tried, again)
+    except NoAccountAvailable as exc:
+        if not exc.at_capacity or wait <= 0:
+            raise
+    deadline = anyio.current_time() + wait
+    woken = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Registered before each try, so a release between a failed try and the wait is
+    # not lost; call_soon_threadsafe because a notebook may release from another thread.
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(woken.set)
+
+    undo = pool.on_release(wake)
+    try:
+        while True:
+            woken.clear()
+            try:
+                return _acquire_now(pool, attempt, tried, again)
+            except NoAccountAvailable as exc:
+                remaining = deadline - anyio.current_time()
+                if not exc.at_capacity or remaining <= 0:
+                    raise
+            with anyio.move_on_after(remaining):
+                await woken.wait()
+    finally:
+        undo()
+
+
+def _acquire_now(pool: AccountPool, attempt: Attempt, tried: list[str],
+                 again: str | None) -> Account:
     try:
         return pool.acquire(again or attempt.pinned, exclude=tried, context=attempt.context)
     except (NoAccountAvailable, UnknownAccount):

@@ -299,6 +299,9 @@ FIELDS: tuple[FieldSpec, ...] = (
           "Seconds a session stays bound to its account after its last request."),
     _spec("session_header", "CCROTATE_SESSION_HEADER", "rotation.session_header", _text,
           "Request header naming a session when metadata.user_id names none."),
+    _spec("capacity_wait", "CCROTATE_CAPACITY_WAIT", "rotation.capacity_wait",
+          _seconds(zero_ok=True),
+          "Seconds a request waits when every account is at its maxConcurrent (429 beyond)."),
     _spec("inject_identity", "CCROTATE_INJECT_IDENTITY", "rotation.inject_identity", _bool,
           "Prepend Claude Code's identity system block for OAuth accounts."),
     _spec("relocate_system", "CCROTATE_RELOCATE_SYSTEM", "rotation.relocate_system", _bool,
@@ -380,6 +383,7 @@ class Settings:
     session_affinity: bool = True
     affinity_ttl: float = 300.0
     session_header: str = "x-session-id"
+    capacity_wait: float = 30.0
     inject_identity: bool = True
     relocate_system: bool = False
     auth_tokens: tuple[str, ...] = ()

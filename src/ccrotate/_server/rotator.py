@@ -117,6 +117,7 @@ class Rotator:
             upstream_url=settings.upstream_url, max_attempts=settings.max_attempts,
             inject_identity=settings.inject_identity, relocate_system=settings.relocate_system,
             max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
+            capacity_wait=settings.capacity_wait,
             timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
         self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=self.config.timeouts)
         self.refresher: _RefresherLike = refresher or TokenRefresher(
