@@ -90,6 +90,10 @@ class AccountStatus:
     """Why it is not serving (``quota``, ``spend_cap``, ``overloaded`` …), ``None`` if it is."""
     denied_models: tuple[str, ...] = ()
     """Models this account was recently refused (403/permission_error) and is skipped for."""
+    strategy_picks: int = 0
+    """Requests the strategy gave it."""
+    affinity_picks: int = 0
+    """Requests session affinity kept on it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +284,12 @@ class AccountPool:
                 candidates = self._candidates(now, exclude, model)
                 if not candidates:
                     raise self._unavailable_all(now, exclude)
-                rt = self._rt(self._choose(candidates, context))
+                chosen, kept = self._choose(candidates, context)
+                rt = self._rt(chosen)
+                if kept:
+                    rt.affinity_picks += 1
+                else:
+                    rt.strategy_picks += 1
             if rt.state is AccountState.PROBING:
                 rt.probe_out = True  # the half-open probe: nobody else until it reports
             rt.requests += 1
@@ -560,7 +569,8 @@ class AccountPool:
                      else rt.backoff_until if event is Event.FAILED else None)
         return PoolEvent(rt.account.name, event, before, rt.state, until_out, reason)
 
-    def _choose(self, candidates: list[Candidate], context: SelectionContext | None) -> str:
+    def _choose(self, candidates: list[Candidate], context: SelectionContext | None
+                ) -> tuple[str, bool]:
         # Affinity first: the session's account while it can serve; else the strategy,
         # and the session is (re)bound to what it chose.
         bindings = self._bindings
@@ -575,7 +585,7 @@ class AccountPool:
                     # Each use extends the binding, as it does the prompt cache; re-setting
                     # only now and then spares the TTL map's bookkeeping on most hits.
                     bindings[key] = (entry[0], now)
-                return entry[0]
+                return entry[0], True
             self.affinity_counts["rebind" if entry is not None else "miss"] += 1
         chosen = self._strategy.select(candidates, context or _NO_CONTEXT)
         if not any(c.name == chosen for c in candidates):
@@ -584,7 +594,7 @@ class AccountPool:
         if key is not None:
             assert bindings is not None
             bindings[key] = (chosen, self._clock())
-        return chosen
+        return chosen, False
 
     def _denied_for(self, name: str) -> tuple[str, ...]:
         if not self._denied:
@@ -692,7 +702,8 @@ def _status(rt: AccountRuntime, now: float, denied: tuple[str, ...]) -> AccountS
         requests=rt.requests, failures=rt.failures, rate_limits=rt.rate_limits,
         in_flight=rt.in_flight, weight=acc.weight, priority=acc.priority, quota=rt.quota,
         out_reason=None if serving else _why_not_serving(rt),
-        denied_models=denied)
+        denied_models=denied, strategy_picks=rt.strategy_picks,
+        affinity_picks=rt.affinity_picks)
 
 
 def _why_not_serving(rt: AccountRuntime) -> str | None:

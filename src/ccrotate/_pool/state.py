@@ -86,6 +86,10 @@ class AccountRuntime:
     failures: int = 0
     rate_limits: int = 0
     in_flight: int = 0
+    strategy_picks: int = 0
+    """Times the strategy chose it (not pinned, not kept by session affinity)."""
+    affinity_picks: int = 0
+    """Times session affinity kept a request on it."""
     quota: QuotaSnapshot | None = None
     extra_counters: dict[str, int] = field(default_factory=dict)
 
