@@ -590,3 +590,21 @@ def test_docs_example_config_loads(tmp_path: Path) -> None:
     s = load(config_path=write(tmp_path / "c.toml", example))
     assert s.auth_tokens == ("change-me-client-token",)
     assert s.model_aliases["gpt-4o"] == "claude-sonnet-4-5"
+
+
+def test_taxonomy_and_routing_settings_reach_the_pool(tmp_path: Path) -> None:
+    """The account backoff, entitlement memory, 403 threshold and affinity settings are
+    what the rotator's pool runs with."""
+    from ccrotate import Rotator
+
+    path = tmp_path / "accounts.json"
+    path.write_text('{"version": 1, "accounts": {"k": {"apiKey": "sk-ant-api03-k"}}}')
+    settings = load(env={"CCROTATE_ACCOUNT_BACKOFF_BASE": "5", "CCROTATE_ACCOUNT_BACKOFF_CAP": "50",
+                         "CCROTATE_ENTITLEMENT_TTL": "60", "CCROTATE_FORBIDDEN_THRESHOLD": "2",
+                         "CCROTATE_SESSION_AFFINITY": "false",
+                         "CCROTATE_ACCOUNTS_PATH": str(path),
+                         "CCROTATE_CREDENTIALS_PATH": str(tmp_path / "none.json")})
+    pool = Rotator(settings).pool
+    assert (pool.backoff_base, pool.backoff_cap, pool.forbidden_threshold) == (5.0, 50.0, 2)
+    assert pool._denied.ttl == 60
+    assert not pool.affinity

@@ -431,7 +431,8 @@ def test_exhausted_pool_with_nothing_tried_keeps_the_upstream_words(proxy_server
     with pytest.raises(anthropic.RateLimitError) as caught:
         create(stack)
     assert len(stack.fake.requests_for(path="/v1/messages")) == 3
-    assert caught.value.response.headers["retry-after"] == "300"
+    # b's reset, 400 s after the 429, 100 s ago (the headers' whole seconds may add one).
+    assert caught.value.response.headers["retry-after"] in {"300", "301"}
     assert caught.value.response.json()["error"] == {"type": "rate_limit_error",
                                                      "message": "limit of b"}
 
@@ -444,3 +445,21 @@ def test_exhausted_pool_of_spend_caps_keeps_the_code(proxy_server: Stack) -> Non
     assert caught.value.response.json()["error"]["details"] == {
         "error_code": "enforced_spend_limit_reached"}
     assert int(caught.value.response.headers["retry-after"]) >= 3000
+
+
+def test_a_model_refused_everywhere_is_a_403_without_asking_again(proxy_server: Stack
+                                                                   ) -> None:
+    """Once every account was refused a model, the next request for it gets the
+    upstream's 403 at once (nothing sent), while other models still work."""
+    stack = proxy_server
+    opus = "claude-opus-4-8"
+    stack.fake.script_any(NotEntitled(model=opus), NotEntitled(model=opus),
+                          NotEntitled(model=opus))
+    with pytest.raises(anthropic.PermissionDeniedError):
+        create(stack, opus)
+    sent = len(stack.fake.requests_for(path="/v1/messages"))
+    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+        create(stack, opus)
+    assert len(stack.fake.requests_for(path="/v1/messages")) == sent
+    assert "does not have access to model" in caught.value.message
+    assert create(stack, MODEL).status_code == 200

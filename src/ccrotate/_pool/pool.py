@@ -283,7 +283,7 @@ class AccountPool:
                 model = context.model if context is not None and self._denied else None
                 candidates = self._candidates(now, exclude, model)
                 if not candidates:
-                    raise self._unavailable_all(now, exclude)
+                    raise self._unavailable_all(now, exclude, model)
                 chosen, kept = self._choose(candidates, context)
                 rt = self._rt(chosen)
                 if kept:
@@ -444,6 +444,7 @@ class AccountPool:
                 return
             rt.failures += 1
             rt.last_error = text
+            rt.refusal = ("permission_error", text.removeprefix("entitlement: "))
             if model is not None:
                 self._denied[(name, model)] = self._clock()
             rt.forbidden_strikes += 1
@@ -651,7 +652,8 @@ class AccountPool:
             return NoAccountAvailable(f"account {name!r} needs a new login")
         return NoAccountAvailable(f"account {name!r} is disabled")
 
-    def _unavailable_all(self, now: float, exclude: Collection[str]) -> NoAccountAvailable:
+    def _unavailable_all(self, now: float, exclude: Collection[str],
+                         model: str | None = None) -> NoAccountAvailable:
         if not self._order:
             return NoAccountAvailable("the pool has no accounts")
         if any(_can_serve(rt) and _at_cap(rt)
@@ -667,6 +669,13 @@ class AccountPool:
                 f"is back in {wait:.0f}s", retry_after=wait, refusal=self._rt(name).refusal)
         if any(self._rt(n).state is AccountState.AVAILABLE for n in exclude if n in self):
             return NoAccountAvailable("every account that can serve was tried for this request")
+        refused = [n for n in self._order if n not in exclude and _can_serve(self._rt(n))
+                   and (n, model) in self._denied]
+        if refused:
+            # Waiting will not help: every account that could serve was refused this model.
+            return NoAccountAvailable(
+                f"every account that can serve was recently refused model {model!r}",
+                refusal=self._rt(refused[0]).refusal)
         return NoAccountAvailable("no account can serve: all are disabled or need a new login")
 
 

@@ -324,6 +324,9 @@ def _no_account(exc: NoAccountAvailable, last: Failed | None) -> Failed:
         return Failed.of(429, "rate_limit_error", f"ccrotate: {exc}", retry_after=exc.retry_after)
     if last is not None:
         return last
+    if exc.refusal is not None and exc.refusal[0] == "permission_error":
+        # Every account was refused this model: the upstream's own 403, not an outage.
+        return Failed.of(403, "permission_error", exc.refusal[1] or f"ccrotate: {exc}")
     return Failed.of(503, "api_error", f"ccrotate: {exc}")
 
 

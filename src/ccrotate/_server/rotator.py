@@ -108,6 +108,11 @@ class Rotator:
                                strategy=strategy_named(settings.strategy,
                                                        rotation=settings.rotation_enabled),
                                default_cooldown=settings.default_cooldown,
+                               backoff_base=settings.account_backoff_base,
+                               backoff_cap=max(settings.account_backoff_cap,
+                                               settings.account_backoff_base),
+                               entitlement_ttl=settings.entitlement_ttl,
+                               forbidden_threshold=settings.forbidden_threshold,
                                affinity_ttl=(settings.affinity_ttl
                                              if settings.session_affinity else None),
                                session_header=settings.session_header)
