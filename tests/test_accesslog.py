@@ -103,7 +103,7 @@ async def test_rows_match_the_traffic(logged: tuple[Stack, AccessLog]) -> None:
     assert list(failover) == list(COLUMNS)
     assert failover["account"] == "b"
     assert failover["attempts"] == 2
-    assert failover["failovers"] == [{"account": "a", "reason": "rate_limited", "status": 429}]
+    assert failover["failovers"] == [{"account": "a", "reason": "quota", "status": 429}]
     assert (failover["input_tokens"], failover["output_tokens"]) == (1200, 300)
     assert failover["cost_usd"] == pytest.approx((1200 * 3 + 300 * 15) / 1e6)
     assert failover["ttfb"] is not None

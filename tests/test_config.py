@@ -204,8 +204,10 @@ def test_numbers_and_choices() -> None:
 
 def test_strategy_names_the_pools_strategies() -> None:
     """The setting accepts exactly the strategies the pool has, and says which."""
-    assert "expected one of 'round_robin', 'first_available', got 'least_used'" in error_of(
+    assert ("expected one of 'round_robin', 'least_recently_used', 'quota_aware', "
+            "'first_available', got 'least_used'") in error_of(
         env={"CCROTATE_STRATEGY": "least_used"})
+    assert load(env={"CCROTATE_STRATEGY": "quota_aware"}).strategy == "quota_aware"
     assert load(env={"CCROTATE_STRATEGY": "first_available"}).strategy == "first_available"
 
 
@@ -300,7 +302,8 @@ def test_tilde_expansion(tmp_path: Path, isolated: Path) -> None:
     ("CCROTATE_OAUTH_AUTHORIZE_URL", "http://h:99999/", "expected an http:// or https:// URL"),
     ("CCROTATE_OAUTH_CLIENT_ID", "", "expected a non-empty string"),
     ("CCROTATE_STRATEGY", "random",
-     "expected one of 'round_robin', 'first_available', got 'random'"),
+     "expected one of 'round_robin', 'least_recently_used', 'quota_aware', "
+     "'first_available', got 'random'"),
     ("CCROTATE_REFRESH_BUFFER", "-1", "expected a number of seconds >= 0, got '-1'"),
     ("CCROTATE_MAX_ATTEMPTS", "0", "expected an integer >= 1, got '0'"),
     ("CCROTATE_MAX_ATTEMPTS", "2.5", "expected an integer >= 1"),
@@ -639,3 +642,21 @@ def test_docs_example_config_loads(tmp_path: Path) -> None:
     s = load(config_path=write(tmp_path / "c.toml", example))
     assert s.auth_tokens == ("change-me-client-token",)
     assert s.model_aliases["gpt-4o"] == "claude-sonnet-4-5"
+
+
+def test_taxonomy_and_routing_settings_reach_the_pool(tmp_path: Path) -> None:
+    """The account backoff, entitlement memory, 403 threshold and affinity settings are
+    what the rotator's pool runs with."""
+    from ccrotate import Rotator
+
+    path = tmp_path / "accounts.json"
+    path.write_text('{"version": 1, "accounts": {"k": {"apiKey": "sk-ant-api03-k"}}}')
+    settings = load(env={"CCROTATE_ACCOUNT_BACKOFF_BASE": "5", "CCROTATE_ACCOUNT_BACKOFF_CAP": "50",
+                         "CCROTATE_ENTITLEMENT_TTL": "60", "CCROTATE_FORBIDDEN_THRESHOLD": "2",
+                         "CCROTATE_SESSION_AFFINITY": "false",
+                         "CCROTATE_ACCOUNTS_PATH": str(path),
+                         "CCROTATE_CREDENTIALS_PATH": str(tmp_path / "none.json")})
+    pool = Rotator(settings).pool
+    assert (pool.backoff_base, pool.backoff_cap, pool.forbidden_threshold) == (5.0, 50.0, 2)
+    assert pool._denied.ttl == 60
+    assert not pool.affinity

@@ -211,6 +211,11 @@ async def test_dashboard_shows_the_pool_and_follows_a_rate_limit(fake_upstream: 
                 countdown = await page.until(f"{card}.querySelector('.cooldown')?.textContent",
                                              within=3)
                 assert re.fullmatch(r"(9|10)m \d+s", countdown), countdown
+                # Why it is out (the taxonomy's reason) and its utilization, as the API says.
+                why = await page.until(f"{card}.querySelector('.why')?.textContent", within=3)
+                assert why == "not serving: quota"
+                bars = await page.until(f"{card}.querySelectorAll('.bar').length", within=3)
+                assert bars >= 1  # the latest utilization per window, from the 429's headers
                 row = await page.until(
                     "Array.from(document.querySelectorAll('#recent tr')).map(r => r.innerText)"
                     f".find(t => t.includes('{winner}') && t.includes('{MODEL}'))", within=6)

@@ -60,7 +60,7 @@ def test_failover_counts_reason_cooldown_state_and_winner(
     stack.fake.script(TOKEN_B, Reply(input_tokens=1000, output_tokens=200))
     assert ask(stack).status_code == 200
     assert wait_for(lambda: requests_total(metrics, "b", "200") == 1)
-    assert sample(metrics, "ccrotate_failovers_total", account="a", reason="rate_limited") == 1
+    assert sample(metrics, "ccrotate_failovers_total", account="a", reason="quota") == 1
     assert sample(metrics, "ccrotate_cooldowns_total", account="a") == 1
     assert sample(metrics, "ccrotate_account_state", account="a", state="rate_limited") == 1
     assert sample(metrics, "ccrotate_account_state", account="a", state="available") == 0
@@ -263,3 +263,23 @@ async def test_token_refreshes_reach_the_metrics(tmp_path: Any) -> None:
     assert sample(metrics, "ccrotate_token_refreshes_total", account="ok", outcome="success") == 1
     assert sample(metrics, "ccrotate_token_refreshes_total", account="gone",
                   outcome="invalid_grant") == 1
+
+
+def test_decisions_are_visible_in_the_metrics(served: tuple[Stack, PrometheusMetrics]) -> None:
+    """Failovers by taxonomy reason, why an account is out, who picked, and affinity."""
+    stack, metrics = served
+    stack.fake.script(KEY_A, Overloaded())
+    body = {"model": MODEL, "max_tokens": 32, "messages": HELLO,
+            "metadata": {"user_id": '{"session_id":"conv-1"}'}}
+    for _ in range(3):
+        assert httpx.post(stack.url + "/v1/messages", json=body, timeout=10).status_code == 200
+    assert wait_for(lambda: sample(metrics, "ccrotate_failovers_total", account="a",
+                                   reason="overloaded") == 1)
+    assert sample(metrics, "ccrotate_account_out_reason", account="a",
+                  reason="overloaded") == 1
+    # The session was bound to a, which failed: rebound to b, which kept it after that.
+    assert sample(metrics, "ccrotate_affinity_decisions_total", outcome="miss") == 1
+    assert sample(metrics, "ccrotate_affinity_decisions_total", outcome="rebind") == 1
+    assert sample(metrics, "ccrotate_affinity_decisions_total", outcome="hit") == 2
+    assert sample(metrics, "ccrotate_account_picks_total", account="b", by="affinity") == 2
+    assert sample(metrics, "ccrotate_account_picks_total", account="a", by="strategy") == 1

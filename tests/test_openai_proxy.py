@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import socket
 import threading
 import time
@@ -632,7 +633,7 @@ def test_429_fails_over_invisibly(oa: OAStack) -> None:
     assert states[account_of(first) or ""] is AccountState.RATE_LIMITED
     (record,) = oa.recorder.wait()
     assert [(f.account, f.reason) for f in record.failovers] == [
-        (account_of(first), "rate_limited")]
+        (account_of(first), "quota")]
 
 
 def test_overloaded_stream_start_fails_over_invisibly(oa: OAStack) -> None:
@@ -804,7 +805,7 @@ def test_user_is_the_session_key_and_the_model_is_claudes(serve_openai: Any,
     stack.sync().chat.completions.create(model="gpt-4o", messages=USER, user="alice")
     assert stack.sent()["metadata"] == {"user_id": "alice"}
     chat = spy.contexts[-1]
-    assert (chat.model, chat.session_key) == (MODEL, "alice")
+    assert (chat.model, chat.session_key) == (MODEL, "user:alice")
 
 
 def test_capability_fetch_renews_a_due_oauth_token_first(
@@ -849,3 +850,36 @@ def test_reference_server_serves_the_openai_route_under_api(
         == "claude-haiku-4-5"
     assert listed[-1] == "fast"
     assert "claude-haiku-4-5" in listed
+
+
+def test_exhausted_pool_answers_an_openai_client_in_its_shape(oa: OAStack) -> None:
+    """Every account refuses: an OpenAI 429 with the last refusal's message, retry-after
+    = when the first account can serve again, and x-ratelimit-* to pace the client."""
+    oa.fake.script_any(RateLimited(retry_after=120, reset_after=120, message="too many"),
+                       RateLimited(retry_after=90, reset_after=90, message="too many"),
+                       RateLimited(retry_after=240, reset_after=240, message="too many"))
+    with pytest.raises(openai.RateLimitError) as caught:
+        oa.sync().chat.completions.create(model=MODEL, messages=USER)
+    headers = caught.value.response.headers
+    soonest = oa.pool.soonest_recovery()
+    assert soonest is not None
+    assert headers["retry-after"] == str(math.ceil(soonest - oa.clock.now))
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert (error["message"], error["type"], error["code"]) == (
+        "too many", "requests", "rate_limit_exceeded")
+
+
+def test_openai_429_carries_api_key_limits_as_x_ratelimit(oa: OAStack) -> None:
+    """A pinned API key's 429 maps anthropic-ratelimit-requests-* onto OpenAI's names."""
+    oa.fake.script(CREDENTIALS["a"], RateLimited(retry_after=30, reset_after=30))
+    with pytest.raises(openai.RateLimitError) as caught:
+        oa.sync().chat.completions.create(model=MODEL, messages=USER,
+                                          extra_headers={"x-account-name": "a"})
+    headers = caught.value.response.headers
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-limit-requests"] == "4000"
+    assert headers["x-ratelimit-reset-requests"] in {"29s", "30s", "31s"}
+    assert headers["retry-after"] == "30"

@@ -97,8 +97,9 @@ def test_transition_table() -> None:
     assert rt.state is AccountState.DISABLED
     transition(rt, Event.AUTH_FAILED, now=T0 + 4)
     assert rt.state is AccountState.DISABLED  # disabled wins, but remembers the login problem
-    transition(rt, Event.ENABLED, now=T0 + 100)
-    assert rt.state is AccountState.AUTH_ERROR
+    transition(rt, Event.ENABLED, now=T0 + 10)
+    # An operator's enable clears everything: the login problem and the cooldown alike.
+    assert (rt.state, rt.auth_broken, rt.cooldown_until) == (AccountState.AVAILABLE, False, 0.0)
     transition(rt, Event.CREDENTIALS_RENEWED, now=T0 + 100)
     assert rt.state is AccountState.AVAILABLE
 
@@ -435,8 +436,8 @@ def test_listeners_receive_events(clock: FakeClock) -> None:
         (Event.RATE_LIMITED, A, RL, T0 + 30),
         (Event.RATE_LIMITED, RL, RL, T0 + 60),
         (Event.DISABLED, RL, D, None),
-        (Event.ENABLED, D, RL, None),
-        (Event.AUTH_FAILED, RL, AE, None),
+        (Event.ENABLED, D, A, None),  # an operator's enable also ends the cooldown
+        (Event.AUTH_FAILED, A, AE, None),
         (Event.CREDENTIALS_RENEWED, AE, A, None),
     ]
     assert {e.account for e in events} == {"a"}

@@ -239,15 +239,21 @@ def test_a_spend_cap_cools_the_account_for_long(proxy_server: Stack) -> None:
 
 @pytest.mark.parametrize("failure", [Overloaded(), ApiError(status=500),
                                      ApiError(status=503, error_type="api_error")])
-def test_overloaded_and_server_errors_move_on_without_cooling(
+def test_overloaded_and_server_errors_move_on_and_back_off(
         proxy_server: Stack, failure: ApiError) -> None:
-    """529 and 5xx try the next account; the failed one stays available."""
+    """529 and 5xx try the next account; the failed one backs off, then serves one probe."""
     proxy_server.fake.script(KEY_A, failure)
     raw = create(sdk(proxy_server))
     assert raw.headers[ACCOUNT] == "b"
     assert served_by(proxy_server) == ["a", "b"]
-    assert states(proxy_server)["a"] is AccountState.AVAILABLE
+    assert states(proxy_server)["a"] is AccountState.BACKING_OFF
     assert proxy_server.pool.status("a").failures == 1
+    proxy_server.clock.advance(proxy_server.pool.backoff_base + 0.01)
+    assert states(proxy_server)["a"] is AccountState.PROBING
+    # Rotation resumes with ``a`` among the candidates: its probe succeeds and it is back.
+    assert "a" in [create(sdk(proxy_server)).headers[ACCOUNT] for _ in range(4)]
+    assert states(proxy_server)["a"] is AccountState.AVAILABLE
+    assert proxy_server.pool.status("a").last_error is None
 
 
 def test_all_overloaded_returns_the_upstream_error(proxy_server: Stack) -> None:
@@ -258,7 +264,7 @@ def test_all_overloaded_returns_the_upstream_error(proxy_server: Stack) -> None:
     assert caught.value.status_code == 529
     assert error_of(caught.value)["type"] == "overloaded_error"
     assert served_by(proxy_server) == ["a", "b", "c"]
-    assert set(states(proxy_server).values()) == {AccountState.AVAILABLE}
+    assert set(states(proxy_server).values()) == {AccountState.BACKING_OFF}
 
 
 def test_unreachable_upstream_gives_502_after_every_account(serve_proxy: Any) -> None:
@@ -276,14 +282,16 @@ def test_unreachable_upstream_gives_502_after_every_account(serve_proxy: Any) ->
     assert stack.wait_idle()
 
 
-def test_401_and_403_mark_auth_error_and_move_on(proxy_server: Stack) -> None:
-    """Refused credentials put the account in auth_error; the request is served elsewhere."""
+def test_401_marks_auth_error_and_403_skips_the_model(proxy_server: Stack) -> None:
+    """A 401 on an API key puts it in auth_error; a 403 only keeps its account off this
+    model for a while. Either way the request is served elsewhere."""
     fake, client = proxy_server.fake, sdk(proxy_server)
     fake.script(KEY_A, Unauthorized())
     fake.script(TOKEN_B, Forbidden())
     assert create(client).headers[ACCOUNT] == "c"
     assert states(proxy_server) == {"a": AccountState.AUTH_ERROR,
-                                    "b": AccountState.AUTH_ERROR, "c": AccountState.AVAILABLE}
+                                    "b": AccountState.AVAILABLE, "c": AccountState.AVAILABLE}
+    assert proxy_server.pool.denied("b", MODEL)
     assert [create(client).headers[ACCOUNT] for _ in range(2)] == ["c", "c"]
 
 
@@ -294,7 +302,7 @@ def test_error_event_opening_a_stream_fails_over(proxy_server: Stack) -> None:
         assert s.get_final_text() == "Hello from the fake Anthropic upstream."
         assert s.response.headers[ACCOUNT] == "b"
     assert served_by(proxy_server) == ["a", "b"]
-    assert states(proxy_server)["a"] is AccountState.AVAILABLE
+    assert states(proxy_server)["a"] is AccountState.BACKING_OFF
 
 
 def test_max_attempts_bounds_the_accounts_tried(serve_proxy: Any) -> None:

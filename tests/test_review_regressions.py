@@ -99,7 +99,7 @@ async def test_a_raising_observer_neither_breaks_failover_nor_silences_the_other
         await call.run(proxy)
     assert call.status == 200
     assert pool.status("a").state is AccountState.RATE_LIMITED
-    assert records.failovers == [Failover("a", "rate_limited", 429)]
+    assert records.failovers == [Failover("a", "quota", 429)]
     assert [r.status for r in records.done] == [200]
     assert {s.name: s.in_flight for s in pool.statuses()} == {"a": 0, "b": 0, "c": 0}
 

@@ -32,6 +32,7 @@ from ccrotate import (
     RefreshError,
     Rotator,
     Secret,
+    SelectionContext,
     Settings,
 )
 from ccrotate._observe.status import StatusMount, status_app
@@ -47,9 +48,10 @@ KEY_DELTA = "sk-ant-api03-STATUSdeltaKEY-i9j0"
 SECRETS = (KEY_ALPHA, ACCESS_BETA, REFRESH_BETA, ACCESS_GAMMA, KEY_DELTA)
 ACCOUNT_KEYS = {"name", "kind", "state", "credentialHint", "tokenExpiresAt", "tokenExpiresIn",
                 "rateLimitedUntil", "lastUsed", "lastError", "requests", "failures",
-                "rateLimits", "inFlight", "weight", "priority", "quota"}
+                "rateLimits", "inFlight", "weight", "priority", "quota", "outReason",
+                "deniedModels", "strategyPicks", "affinityPicks"}
 POOL_KEYS = {"totalAccounts", "availableAccounts", "rateLimitedAccounts", "authErrorAccounts",
-             "disabledAccounts", "nextAccount", "reloadError", "accounts"}
+             "disabledAccounts", "nextAccount", "reloadError", "accounts", "affinity"}
 
 
 def iso(epoch: float) -> str:
@@ -191,7 +193,8 @@ async def test_oauth_account_fields(pool: AccountPool, client: httpx.AsyncClient
         "name": "beta", "kind": "oauth", "state": "available", "credentialHint": "…c3d4",
         "tokenExpiresAt": iso(T + 3600), "tokenExpiresIn": 3600, "rateLimitedUntil": None,
         "lastUsed": iso(T), "lastError": None, "requests": 1, "failures": 0, "rateLimits": 0,
-        "inFlight": 0, "weight": 1, "priority": 0, "quota": None}
+        "inFlight": 0, "weight": 1, "priority": 0, "quota": None, "outReason": None,
+        "deniedModels": [], "strategyPicks": 0, "affinityPicks": 0}  # pinned: no pick
     no_secrets(response)
 
 
@@ -323,13 +326,15 @@ async def test_actions_are_logged_with_the_peer_not_the_key(
     assert "STATUSaudit" not in caplog.text
 
 
-async def test_enable_keeps_an_account_that_needs_a_login_in_auth_error(
+async def test_enable_clears_every_state_including_auth_error(
         pool: AccountPool, client: httpx.AsyncClient) -> None:
-    """Enabling does not pretend: a disabled account with broken credentials stays auth_error."""
+    """An operator's enable is a reset: a disabled account with refused credentials serves
+    again (a wrong login shows up at its next request), and its last error is cleared."""
     pool.report_auth_error("gamma", "upstream 401")
     await client.post("/status/accounts/gamma/disable")
     body = (await client.post("/status/accounts/gamma/enable")).json()
-    assert body["account"]["state"] == "auth_error"
+    assert body["account"]["state"] == "available"
+    assert pool.status("gamma").last_error is None
 
 
 def write_accounts(path: Path, entries: dict[str, dict[str, Any]]) -> None:
@@ -533,3 +538,30 @@ async def test_status_app_mounts_in_any_starlette_app(pool: AccountPool) -> None
     assert acted.status_code == 200
     assert pool.status("alpha").state is AccountState.DISABLED
     assert math.isclose(T, pool.now())
+
+
+async def test_status_says_why_each_account_is_not_serving(pool: AccountPool,
+                                                            client: httpx.AsyncClient) -> None:
+    """out_reason per account (from the taxonomy), refused models, picks and affinity."""
+    from ccrotate._pool.taxonomy import classify
+
+    spend_cap = classify(429, {}, ("rate_limit_error", "cap", "enforced_spend_limit_reached"),
+                         kind=AccountKind.OAUTH, now=T)
+    pool.report("beta", spend_cap)
+    pool.report("delta", classify(529, {}, ("overloaded_error", "Overloaded", None),
+                                  kind=AccountKind.API_KEY, now=T))
+    pool.report("alpha", classify(403, {}, ("permission_error", "no opus", None),
+                                  kind=AccountKind.API_KEY, now=T), model="claude-opus-4-8")
+    pool.disable("gamma")
+    pool.acquire(context=SelectionContext(session_key="s"))
+    body = (await client.get("/status")).json()
+    why = {a["name"]: a["outReason"] for a in body["accounts"]}
+    assert why == {"alpha": None, "beta": "spend_cap", "delta": "overloaded",
+                   "gamma": "disabled"}
+    alpha = next(a for a in body["accounts"] if a["name"] == "alpha")
+    assert alpha["deniedModels"] == ["claude-opus-4-8"]
+    assert alpha["strategyPicks"] == 1
+    assert body["affinity"] == {"hit": 0, "miss": 1, "rebind": 0}
+    delta = next(a for a in body["accounts"] if a["name"] == "delta")
+    assert delta["state"] == "backing_off"
+    assert delta["rateLimitedUntil"] is not None

@@ -14,12 +14,18 @@ from ccrotate import (
     AccountPool,
     Candidate,
     FirstAvailable,
+    LeastRecentlyUsed,
     NoAccountAvailable,
+    QuotaAware,
+    QuotaSnapshot,
     RoundRobin,
     Secret,
     SelectionContext,
     SelectionStrategy,
+    WindowQuota,
 )
+from ccrotate._pool.ratelimit import parse_quota
+from ccrotate._pool.strategy import STRATEGIES, strategy_named
 
 CTX = SelectionContext()
 
@@ -176,3 +182,91 @@ def test_pool_weights_and_priorities() -> None:
     pool.disable("big")
     pool.disable("small")
     assert pool.acquire().name == "spare"
+
+
+# -- least recently used and quota-aware -----------------------------------------------------
+
+def used(name: str, last_used: float | None, **kw: Any) -> Candidate:
+    return Candidate(name, kw.get("weight", 1), kw.get("priority", 0), kw.get("in_flight", 0),
+                     kw.get("quota"), last_used)
+
+
+def quota(utilization: float, reset: float | None = None) -> QuotaSnapshot:
+    window = WindowQuota(utilization, "allowed", reset)
+    return QuotaSnapshot("allowed", reset, "five_hour", {"5h": window}, 0.0, window)
+
+
+def test_least_recently_used_prefers_never_used_then_oldest() -> None:
+    lru = LeastRecentlyUsed()
+    assert lru.select([used("a", 50.0), used("b", None), used("c", 10.0)], CTX) == "b"
+    assert lru.select([used("a", 50.0), used("c", 10.0)], CTX) == "c"
+    # Priorities and zero weights hold as for round-robin.
+    assert lru.select([used("a", 50.0), used("c", 10.0, priority=1)], CTX) == "a"
+    assert lru.select([used("a", 50.0), used("c", 10.0, weight=0)], CTX) == "a"
+
+
+def test_least_recently_used_in_a_pool_rotates_and_prefers_a_returning_account(
+        clock: Any) -> None:
+    pool = AccountPool([key("a"), key("b"), key("c")], strategy=LeastRecentlyUsed(),
+                       clock=clock)
+    order = []
+    for _ in range(6):
+        clock.advance(1)
+        order.append(pool.acquire().name)
+    assert order == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_quota_aware_prefers_the_emptiest_binding_window() -> None:
+    qa = QuotaAware()
+    cands = [used("a", None, quota=quota(0.7)), used("b", None, quota=quota(0.2)),
+             used("c", None, quota=quota(0.5))]
+    assert qa.select(cands, CTX) == "b"
+
+
+def test_quota_aware_drains_the_window_that_resets_soonest_among_equals() -> None:
+    qa = QuotaAware()
+    cands = [used("a", None, quota=quota(0.31, reset=9000.0)),
+             used("b", None, quota=quota(0.32, reset=3000.0)),
+             used("c", None, quota=quota(0.30, reset=6000.0))]
+    assert qa.select(cands, CTX) == "b"  # same 5 % step: the soonest reset wins
+
+
+def test_quota_aware_ties_go_to_the_fewest_in_flight_and_respect_tiers() -> None:
+    qa = QuotaAware()
+    assert qa.select([used("a", None, in_flight=2), used("b", None, in_flight=1)], CTX) == "b"
+    assert qa.select([used("a", None, quota=quota(0.9)),
+                      used("b", None, quota=quota(0.0), priority=1)], CTX) == "a"
+
+
+def test_quota_aware_reads_api_key_remaining_headers() -> None:
+    """API keys: the fullest anthropic-ratelimit-*-remaining bucket is the binding one."""
+    busy = parse_quota({"anthropic-ratelimit-requests-limit": "100",
+                        "anthropic-ratelimit-requests-remaining": "10",
+                        "anthropic-ratelimit-tokens-limit": "1000",
+                        "anthropic-ratelimit-tokens-remaining": "900"}, 0.0)
+    idle = parse_quota({"anthropic-ratelimit-requests-limit": "100",
+                        "anthropic-ratelimit-requests-remaining": "80"}, 0.0)
+    assert busy is not None
+    assert busy.binding is not None
+    assert busy.binding.utilization == pytest.approx(0.9)
+    assert QuotaAware().select([used("a", None, quota=busy), used("b", None, quota=idle)],
+                               CTX) == "b"
+
+
+def test_binding_window_is_the_representative_claim() -> None:
+    snap = parse_quota({"anthropic-ratelimit-unified-status": "allowed",
+                        "anthropic-ratelimit-unified-representative-claim": "seven_day",
+                        "anthropic-ratelimit-unified-5h-utilization": "0.9",
+                        "anthropic-ratelimit-unified-7d-utilization": "0.4",
+                        "anthropic-ratelimit-unified-7d-reset": "1900000000"}, 0.0)
+    assert snap is not None
+    assert snap.binding is not None
+    assert (snap.binding.utilization, snap.binding.reset) == (0.4, 1900000000.0)
+
+
+@pytest.mark.parametrize("name", ["round_robin", "least_recently_used", "quota_aware",
+                                  "first_available"])
+def test_every_setting_name_builds_its_strategy(name: str) -> None:
+    assert name in STRATEGIES
+    strategy = strategy_named(name)
+    assert strategy.select([cand("a"), cand("b")], CTX) in {"a", "b"}

@@ -91,11 +91,16 @@ class NoAccountAvailable(PoolError):
     """No account can serve now. ``retry_after`` is the seconds until the soonest one can.
 
     ``retry_after`` is ``None`` when no account will come back by itself (all are
-    disabled or need a new login).
+    disabled or need a new login). ``refusal`` is the upstream's ``(error type, message)``
+    that took the soonest account out, when the pool knows it.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 refusal: tuple[str, str] | None = None, at_capacity: bool = False) -> None:
         self.retry_after = retry_after
+        self.refusal = refusal
+        self.at_capacity = at_capacity
+        """Accounts could serve but all are at their ``maxConcurrent``: a release helps."""
         super().__init__(message)
 
 

@@ -40,7 +40,7 @@ __all__ = ["AccountsFile", "FileFormat", "discover_accounts_file"]
 FILE_VERSION = 1
 # Keys ccrotate owns inside one account object; everything else is the user's and is kept.
 _KNOWN = frozenset({"accessToken", "refreshToken", "expiresAt", "apiKey", "weight",
-                    "priority", "disabled", "baseUrl"})
+                    "priority", "disabled", "baseUrl", "maxConcurrent"})
 _CLI_KEY = "claudeAiOauth"
 # Year 9999 in epoch milliseconds: anything later is a typo (and a huge integer would not
 # even convert to seconds).
@@ -276,6 +276,9 @@ def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
     extra = {k: v for k, v in entry.items() if k not in _KNOWN}
     weight = _opt_int(where, name, entry, "weight", 1, minimum=0)
     priority = _opt_int(where, name, entry, "priority", 0, minimum=None)
+    cap = entry.get("maxConcurrent")
+    max_concurrent = None if cap is None else _opt_int(where, name, entry, "maxConcurrent", 1,
+                                                       minimum=1)
     disabled = entry.get("disabled", False)
     if not isinstance(disabled, bool):
         raise AccountsFileError(where, "must be true or false", account=name, field="disabled")
@@ -293,12 +296,12 @@ def _parse_account(where: str, name: str, entry: dict[str, Any]) -> Account:
         key = _token(where, name, entry, "apiKey")
         return _account(where, name=name, kind=AccountKind.API_KEY, api_key=key,
                         weight=weight, priority=priority, disabled=disabled, base_url=base_url,
-                        extra=extra)
+                        max_concurrent=max_concurrent, extra=extra)
     acc = _parse_oauth(where, name, entry)
     return _account(where, name=name, kind=AccountKind.OAUTH, access_token=acc.access_token,
                     refresh_token=acc.refresh_token, expires_at=acc.expires_at,
                     weight=weight, priority=priority, disabled=disabled, base_url=base_url,
-                        extra=extra)
+                        max_concurrent=max_concurrent, extra=extra)
 
 
 def _parse_oauth(where: str, name: str, entry: dict[str, Any]) -> Account:
@@ -373,6 +376,8 @@ def _serialise(where: str, acc: Account) -> dict[str, Any]:
         out["disabled"] = True
     if acc.base_url:
         out["baseUrl"] = acc.base_url
+    if acc.max_concurrent is not None:
+        out["maxConcurrent"] = acc.max_concurrent
     return out
 
 

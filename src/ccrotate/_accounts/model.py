@@ -108,6 +108,8 @@ class Account:
     disabled: bool = False
     base_url: str | None = None
     """This account's own Messages API host (``baseUrl`` in the file), else the default."""
+    max_concurrent: int | None = None
+    """At most this many requests in flight on it (``maxConcurrent``); ``None``: no cap."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     # Derived in __post_init__ once the fields are known to be consistent, so the
     # accessors below need no "cannot be None" checks.

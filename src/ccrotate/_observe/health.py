@@ -71,8 +71,11 @@ def count_states(statuses: Iterable[AccountStatus]) -> dict[str, int]:
         total += 1
     return {
         "total_accounts": total,
-        "available_accounts": counts[AccountState.AVAILABLE],
-        "rate_limited_accounts": counts[AccountState.RATE_LIMITED],
+        # A probing account serves (one request at a time); a backing-off one is out
+        # for a while like a cooling one: the aggregate keeps its four buckets.
+        "available_accounts": counts[AccountState.AVAILABLE] + counts[AccountState.PROBING],
+        "rate_limited_accounts": (counts[AccountState.RATE_LIMITED]
+                                  + counts[AccountState.BACKING_OFF]),
         "auth_error_accounts": counts[AccountState.AUTH_ERROR],
         "disabled_accounts": counts[AccountState.DISABLED],
     }
@@ -120,6 +123,12 @@ class AccountView(_View):
     weight: int
     priority: int
     quota: QuotaView | None
+    out_reason: str | None = None
+    """Why it is not serving now (``quota``, ``throttle``, ``spend_cap``, ``overloaded`` …)."""
+    denied_models: list[str] = msgspec.field(default_factory=list)
+    """Models it was recently refused (403) and is skipped for."""
+    strategy_picks: int = 0
+    affinity_picks: int = 0
 
 
 class PoolView(StateCounts, kw_only=True):
@@ -128,6 +137,8 @@ class PoolView(StateCounts, kw_only=True):
     next_account: str | None
     reload_error: str | None
     accounts: list[AccountView]
+    affinity: dict[str, int] = msgspec.field(default_factory=dict)
+    """Session-affinity decisions so far: ``hit``, ``miss``, ``rebind``."""
 
 
 class ActionResult(_View):
@@ -185,7 +196,9 @@ def account_view(status: AccountStatus, now: float, *, account: Account | None =
         rate_limited_until=_time(status.cooldown_until), last_used=_time(status.last_used),
         last_error=scrub(status.last_error, account), requests=status.requests,
         failures=status.failures, rate_limits=status.rate_limits, in_flight=status.in_flight,
-        weight=status.weight, priority=status.priority, quota=_quota(status.quota))
+        weight=status.weight, priority=status.priority, quota=_quota(status.quota),
+        out_reason=status.out_reason, denied_models=list(status.denied_models),
+        strategy_picks=status.strategy_picks, affinity_picks=status.affinity_picks)
 
 
 def health_endpoint(pool: AccountPool) -> Callable[[Request], Awaitable[Response]]:

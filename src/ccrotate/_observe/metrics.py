@@ -29,13 +29,14 @@ from ccrotate._exceptions import ConfigError
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
+from ccrotate._pool.taxonomy import Reason
 from ccrotate._proxy.record import Failover, RequestRecord
 from ccrotate._wire import MODEL_ID_SHAPE
 
 __all__ = ["MetricsApp", "PrometheusMetrics"]
 
 ROUTES = frozenset({"messages", "count_tokens", "models", "chat_completions"})
-REASONS = frozenset({"rate_limited", "overloaded", "auth", "connection", "server_error"})
+REASONS = frozenset(reason.value for reason in Reason)
 ERROR_TYPES = frozenset({
     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
     "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "billing_error",
@@ -271,7 +272,17 @@ class _PoolCollector:
 
     def _families(self) -> dict[str, Any]:
         ns, gauge = self._metrics.namespace, self._pc.core.GaugeMetricFamily
+        counter = self._pc.core.CounterMetricFamily
         return {
+            "out": gauge(f"{ns}_account_out_reason", "1 for why an account is not serving "
+                         "(quota, throttle, spend_cap, overloaded, ...); absent while it serves.",
+                         labels=["account", "reason"]),
+            "picks": counter(f"{ns}_account_picks", "Requests given to an account, by who "
+                             "decided: the strategy or session affinity.",
+                             labels=["account", "by"]),
+            "affinity": counter(f"{ns}_affinity_decisions", "Session-affinity decisions: hit "
+                                "(the bound account served), miss (a new session), rebind.",
+                                labels=["outcome"]),
             "state": gauge(f"{ns}_account_state", "1 for the state each account is in, else 0.",
                            labels=["account", "state"]),
             "cooldown": gauge(f"{ns}_account_cooldown_seconds", "Seconds until a rate-limited "
@@ -291,9 +302,16 @@ class _PoolCollector:
 
     def collect(self) -> Iterator[Any]:
         fam = self._families()
+        affinity: dict[str, int] = {"hit": 0, "miss": 0, "rebind": 0}
         for pool in self._metrics._pools:
             now = pool.now()
+            for outcome, count in pool.affinity_counts.items():
+                affinity[outcome] = affinity.get(outcome, 0) + count
             for st in pool.statuses():
+                if st.out_reason is not None:
+                    fam["out"].add_metric([st.name, st.out_reason], 1.0)
+                fam["picks"].add_metric([st.name, "strategy"], float(st.strategy_picks))
+                fam["picks"].add_metric([st.name, "affinity"], float(st.affinity_picks))
                 for state in AccountState:
                     fam["state"].add_metric([st.name, state.value],
                                             1.0 if st.state is state else 0.0)
@@ -306,6 +324,8 @@ class _PoolCollector:
                     for window, quota in st.quota.windows.items():
                         if quota.utilization is not None:
                             fam["quota"].add_metric([st.name, window], quota.utilization)
+        for outcome, count in affinity.items():
+            fam["affinity"].add_metric([outcome], float(count))
         yield from fam.values()
 
 

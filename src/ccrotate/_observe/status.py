@@ -248,7 +248,8 @@ class _Endpoints:
         return _json(PoolView(
             next_account=self.pool.peek(),
             reload_error=self.reload_error() if self.reload_error is not None else None,
-            accounts=[self.view(s) for s in statuses], **count_states(statuses)))
+            accounts=[self.view(s) for s in statuses], affinity=dict(self.pool.affinity_counts),
+            **count_states(statuses)))
 
     async def accounts(self, request: Request) -> Response:
         return _json([self.view(s) for s in self.pool.statuses()])

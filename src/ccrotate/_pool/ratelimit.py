@@ -19,7 +19,7 @@ __all__ = ["QuotaSnapshot", "WindowQuota", "cooldown_until", "parse_quota"]
 
 UNIFIED = "anthropic-ratelimit-unified-"
 WINDOWS = ("5h", "7d", "7d_oi", "7d_sonnet", "overage")
-_API_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
+API_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
 # Never believe a reset further out than this: a clock or parsing error must not
 # park an account for months.
 MAX_COOLDOWN = 8 * 24 * 3600.0
@@ -49,6 +49,9 @@ class QuotaSnapshot:
     representative_claim: str | None
     windows: Mapping[str, WindowQuota]
     seen_at: float
+    binding: WindowQuota | None = None
+    """The window that limits the account now: the representative claim's, else the
+    fullest. Computed once per parse, so a strategy reads it for free per request."""
 
     def max_utilization(self) -> float | None:
         """The fullest window's utilisation (0..1), ``None`` when nothing was reported."""
@@ -88,6 +91,18 @@ def _retry_after(value: str | None, now: float) -> float | None:
         return None
 
 
+_CLAIM_WINDOW = {"five_hour": "5h", "seven_day": "7d", "seven_day_opus": "7d_oi",
+                 "seven_day_sonnet": "7d_sonnet", "overage": "overage"}
+
+
+def _binding(claim: str | None, windows: Mapping[str, WindowQuota]) -> WindowQuota | None:
+    named = windows.get(_CLAIM_WINDOW.get(claim or "", ""))
+    if named is not None and named.utilization is not None:
+        return named
+    known = [w for w in windows.values() if w.utilization is not None]
+    return max(known, key=lambda w: w.utilization or 0.0) if known else None
+
+
 def parse_quota(headers: HeaderGetter, now: float) -> QuotaSnapshot | None:
     """Extract the utilisation picture from a response's headers, or ``None`` if absent."""
     status = headers.get(UNIFIED + "status")
@@ -99,9 +114,10 @@ def parse_quota(headers: HeaderGetter, now: float) -> QuotaSnapshot | None:
             reset = _float(headers.get(f"{UNIFIED}{win}-reset"))
             if util is not None or wstatus is not None or reset is not None:
                 windows[win] = WindowQuota(util, wstatus, reset)
-        return QuotaSnapshot(status, _float(headers.get(UNIFIED + "reset")),
-                             headers.get(UNIFIED + "representative-claim"), windows, now)
-    for bucket in _API_BUCKETS:
+        claim = headers.get(UNIFIED + "representative-claim")
+        return QuotaSnapshot(status, _float(headers.get(UNIFIED + "reset")), claim, windows,
+                             now, _binding(claim, windows))
+    for bucket in API_BUCKETS:
         limit = _float(headers.get(f"anthropic-ratelimit-{bucket}-limit"))
         remaining = _float(headers.get(f"anthropic-ratelimit-{bucket}-remaining"))
         if limit and remaining is not None:
@@ -111,7 +127,7 @@ def parse_quota(headers: HeaderGetter, now: float) -> QuotaSnapshot | None:
                 _rfc3339(headers.get(f"anthropic-ratelimit-{bucket}-reset")))
     if not windows:
         return None
-    return QuotaSnapshot(None, None, None, windows, now)
+    return QuotaSnapshot(None, None, None, windows, now, _binding(None, windows))
 
 
 def cooldown_until(headers: HeaderGetter, now: float, *, default: float,
@@ -138,7 +154,7 @@ def cooldown_until(headers: HeaderGetter, now: float, *, default: float,
                 reset = _float(headers.get(f"{UNIFIED}{win}-reset"))
                 if reset is not None:
                     candidates.append(reset)
-    for bucket in _API_BUCKETS:
+    for bucket in API_BUCKETS:
         remaining = _float(headers.get(f"anthropic-ratelimit-{bucket}-remaining"))
         if remaining is not None and remaining <= 0:
             reset = _rfc3339(headers.get(f"anthropic-ratelimit-{bucket}-reset"))

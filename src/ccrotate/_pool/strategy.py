@@ -7,14 +7,15 @@ it needs keyed by account name so that it survives reloads of the accounts file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ccrotate._pool.ratelimit import QuotaSnapshot
 
-__all__ = ["STRATEGIES", "Candidate", "FirstAvailable", "RoundRobin", "SelectionContext",
-           "SelectionStrategy", "strategy_named"]
+__all__ = ["STRATEGIES", "Candidate", "FirstAvailable", "LeastRecentlyUsed", "QuotaAware",
+           "RoundRobin", "SelectionContext", "SelectionStrategy", "strategy_named"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class Candidate:
     priority: int
     in_flight: int
     quota: QuotaSnapshot | None
+    last_used: float | None = None
+    """When the account was last handed out (epoch seconds), ``None`` if never."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,9 @@ class SelectionContext:
 
     Parameters:
         model: the model the request asks for.
-        session_key: the client's session (``metadata.user_id``), for affinity.
+        session_key: the conversation's affinity key (the session in ``metadata.user_id``,
+            else the session header, else a hash of the prompt prefix up to its first
+            ``cache_control``); ``None`` when there is none or affinity is off.
         headers: the client's request headers as ASGI pairs (lower-case bytes names),
             read through :meth:`header`; kept as the server gave them, nothing copied.
     """
@@ -53,15 +58,29 @@ class SelectionContext:
 
 
 class SelectionStrategy(Protocol):
-    """Chooses one of the candidates (never empty); ``forget`` drops removed accounts."""
+    """Chooses which account serves a request: a small public protocol to implement.
 
-    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str: ...
+    The pool calls it under its lock with only the accounts that can serve now (never
+    an empty list), in file order; it must return one of their names, quickly and
+    without blocking or awaiting. Keep any memory keyed by account name.
+    """
+
+    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        """The account for this request.
+
+        Parameters:
+            candidates: the accounts that can serve now.
+            context: what is known of the request (model, session, headers).
+        """
+        ...
 
     def peek(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
         """What :meth:`select` would answer, without moving any rotation state."""
         ...
 
-    def forget(self, names: Iterable[str]) -> None: ...
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop any memory of ``names`` (removed from the pool)."""
+        ...
 
 
 def _best_tier(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -119,8 +138,68 @@ class FirstAvailable:
         return None
 
 
-STRATEGIES: dict[str, type[RoundRobin] | type[FirstAvailable]] = {
+def _serving(candidates: Sequence[Candidate]) -> list[Candidate]:
+    # The best priority tier; weight 0 only when nothing else in it can serve.
+    tier = _best_tier(candidates)
+    return [c for c in tier if c.weight > 0] or tier
+
+
+class LeastRecentlyUsed:
+    """The account handed out longest ago (never used first), within the best tier.
+
+    Spreads load like round-robin, but an account back from a cooldown is preferred
+    at once, since it sat idle. Ties go to file order.
+    """
+
+    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        best = min(_serving(candidates),
+                   key=lambda c: -math.inf if c.last_used is None else c.last_used)
+        return best.name
+
+    peek = select
+
+    def forget(self, names: Iterable[str]) -> None:
+        return None
+
+
+UTILIZATION_STEP = 0.05
+"""Utilisations this close count as equal for :class:`QuotaAware`, so the reset decides."""
+
+
+class QuotaAware:
+    """The account with the most quota left in its binding window, within the best tier.
+
+    It reads each account's last rate-limit headers (the pool keeps them, at most one
+    parse a second): the unified window the upstream names as representative for
+    subscription accounts, the fullest ``anthropic-ratelimit-*`` bucket for API keys.
+    Lower utilisation wins (in steps of ``UTILIZATION_STEP``); among equals the window
+    that resets soonest drains first, since what is left of it is lost at the reset;
+    then the fewest requests in flight, then file order. An account with no headers yet
+    counts as empty with no known reset.
+    """
+
+    def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        return min(_serving(candidates), key=_quota_key).name
+
+    peek = select
+
+    def forget(self, names: Iterable[str]) -> None:
+        return None
+
+
+def _quota_key(c: Candidate) -> tuple[int, float, int]:
+    window = c.quota.binding if c.quota is not None else None
+    if window is None:
+        return 0, math.inf, c.in_flight
+    used = window.utilization or 0.0
+    reset = window.reset if window.reset is not None else math.inf
+    return math.floor(used / UTILIZATION_STEP + 1e-9), reset, c.in_flight
+
+
+STRATEGIES: dict[str, Callable[[], SelectionStrategy]] = {
     "round_robin": RoundRobin,
+    "least_recently_used": LeastRecentlyUsed,
+    "quota_aware": QuotaAware,
     "first_available": FirstAvailable,
 }
 """The strategies the ``strategy`` setting can name."""

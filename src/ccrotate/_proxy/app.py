@@ -71,6 +71,8 @@ class ProxyConfig:
             ``timeouts.read`` between chunks instead.
         body_timeout: seconds the client has to send its whole body (408 and a closed
             connection beyond); ``None`` waits forever.
+        capacity_wait: seconds a request waits for a slot when every account that can
+            serve is at its ``maxConcurrent`` (429 beyond; 0: no waiting).
     """
 
     upstream_url: str = "https://api.anthropic.com"
@@ -84,6 +86,7 @@ class ProxyConfig:
     backoff_cap: float = 1.0
     request_timeout: float = 600.0
     body_timeout: float | None = 60.0
+    capacity_wait: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.upstream_url.startswith(("http://", "https://")):
@@ -103,6 +106,9 @@ class ProxyConfig:
         if not self.request_timeout > 0:
             raise ConfigError(f"ProxyConfig.request_timeout must be positive, "
                               f"not {self.request_timeout!r}")
+        if not 0 <= self.capacity_wait < math.inf:
+            raise ConfigError("ProxyConfig.capacity_wait must be >= 0 seconds, "
+                              f"not {self.capacity_wait!r}")
         if self.backoff_base < 0 or self.backoff_cap < self.backoff_base:
             raise ConfigError("ProxyConfig.backoff_base must be >= 0 and backoff_cap >= "
                               f"backoff_base, not {self.backoff_base!r} and "
@@ -160,7 +166,8 @@ class RotatingProxy:
                            observers=self.observers,
                            config=LoopConfig(max_attempts=config.max_attempts,
                                              backoff_base=config.backoff_base,
-                                             backoff_cap=config.backoff_cap))
+                                             backoff_cap=config.backoff_cap,
+                                             capacity_wait=config.capacity_wait))
         self.pipeline = Pipeline(loop, authenticate=authenticate, observers=self.observers,
                                  max_body_size=config.max_body_size,
                                  request_timeout=config.request_timeout,

@@ -9,12 +9,13 @@ hand on is closed here, on every path including cancellation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import anyio
@@ -30,12 +31,19 @@ from ccrotate._exceptions import (
 )
 from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.strategy import SelectionContext
+from ccrotate._pool.taxonomy import (
+    AUTH_REFUSED,
+    CONNECTION,
+    AccountAction,
+    Reason,
+    Verdict,
+    classify,
+)
 from ccrotate._proxy.headers import sanitize_error
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
 from ccrotate._upstream.base import Upstream, UpstreamResponse
 from ccrotate._upstream.providers import OutgoingRequest, Providers
 from ccrotate._wire import (
-    SPEND_CAP,
     STATUS_OF_ERROR,
     SSEScanner,
     error_body,
@@ -50,6 +58,9 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 _NO_CONTEXT = SelectionContext()
+# Failures that are not the account's quota: the request pauses briefly before the next
+# account, so a struggling upstream is not hammered by every account in a row.
+_PAUSE = frozenset({Reason.OVERLOADED, Reason.SERVER_ERROR, Reason.CONNECTION})
 
 
 class Refresher(Protocol):
@@ -118,6 +129,8 @@ class LoopConfig:
     backoff_base: float = 0.05
     backoff_cap: float = 1.0
     max_response_body: int = 64 * 1024 * 1024
+    capacity_wait: float = 30.0
+    """Seconds to wait for a slot when every account that can serve is at its cap."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -170,7 +183,7 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
     backoffs = 0
     while record.attempts < config.max_attempts:
         try:
-            account = _acquire(pool, attempt, tried, again)
+            account = await _acquire(pool, attempt, tried, again, config.capacity_wait)
             again = None
         except UnknownAccount as exc:
             return Failed.of(400, "invalid_request_error", str(exc))
@@ -185,24 +198,24 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
                 won = outcome
                 pool.report_success(name, outcome.response.headers)
                 return outcome
-            reason, failed = outcome
-            if reason == "refreshed":
+            verdict, failed = outcome
+            if verdict.action is AccountAction.REFRESH:
                 again = name
                 continue
             failed.account = name
-            if reason == "client_error":
+            if not verdict.fail_over:
                 # The request itself is wrong: no account is to blame, none is cooled.
                 return failed
             last = failed
-            _note(record, observers, Failover(name, reason, failed.status))
-            _report(pool, name, reason, failed)
+            _note(record, observers, Failover(name, verdict.reason.value, failed.status))
+            _report(pool, name, verdict, failed, attempt.context.model)
             if attempt.pinned is not None:
                 return failed
             tried.append(name)
         finally:
             if won is None:
                 pool.release(name)
-        if reason in ("overloaded", "server_error", "connection"):
+        if verdict.reason in _PAUSE:
             # Not the account's fault: pause briefly so a struggling upstream can recover
             # (with the account already released: it is not busy with this request).
             delay = min(config.backoff_cap, config.backoff_base * 2 ** backoffs)
@@ -212,8 +225,41 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
     return last if last is not None else Failed.of(503, "api_error", "ccrotate: no attempt made")
 
 
-def _acquire(pool: AccountPool, attempt: Attempt, tried: list[str],
-             again: str | None) -> Account:
+async def _acquire(pool: AccountPool, attempt: Attempt, tried: list[str],
+                   again: str | None, wait: float) -> Account:
+    # Without a cap in the way this returns at once, without awaiting anything.
+    try:
+        return _acquire_now(pool, attempt, tried, again)
+    except NoAccountAvailable as exc:
+        if not exc.at_capacity or wait <= 0:
+            raise
+    deadline = anyio.current_time() + wait
+    woken = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Registered before each try, so a release between a failed try and the wait is
+    # not lost; call_soon_threadsafe because a notebook may release from another thread.
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(woken.set)
+
+    undo = pool.on_release(wake)
+    try:
+        while True:
+            woken.clear()
+            try:
+                return _acquire_now(pool, attempt, tried, again)
+            except NoAccountAvailable as exc:
+                remaining = deadline - anyio.current_time()
+                if not exc.at_capacity or remaining <= 0:
+                    raise
+            with anyio.move_on_after(remaining):
+                await woken.wait()
+    finally:
+        undo()
+
+
+def _acquire_now(pool: AccountPool, attempt: Attempt, tried: list[str],
+                 again: str | None) -> Account:
     try:
         return pool.acquire(again or attempt.pinned, exclude=tried, context=attempt.context)
     except (NoAccountAvailable, UnknownAccount):
@@ -223,20 +269,14 @@ def _acquire(pool: AccountPool, attempt: Attempt, tried: list[str],
         return pool.acquire(None, exclude=tried, context=attempt.context)
 
 
-def _report(pool: AccountPool, name: str, reason: str, failed: Failed) -> None:
-    # What a refusal means for the account; a 429 also tells the client when to retry.
-    if reason == "rate_limited":
-        _, _, code = parse_error(failed.body)
-        until = pool.report_rate_limited(name, _Headers(failed.headers),
-                                         spend_cap=code == SPEND_CAP)
-        if not any(k == b"retry-after" for k, _ in failed.headers):
-            failed.headers.append(
-                (b"retry-after", str(max(1, math.ceil(until - pool.now()))).encode()))
-    elif reason == "auth":
-        _, message, _ = parse_error(failed.body)
-        pool.report_auth_error(name, f"upstream {failed.status}: {message}"[:200])
-    else:
-        pool.report_failure(name, f"{reason} ({failed.status})")
+def _report(pool: AccountPool, name: str, verdict: Verdict, failed: Failed,
+            model: str | None) -> None:
+    # The pool acts on the verdict; a cooled account also tells the client when to retry.
+    until = pool.report(name, verdict, _Headers(failed.headers), model=model)
+    if (until is not None and verdict.action is AccountAction.COOL
+            and not any(k == b"retry-after" for k, _ in failed.headers)):
+        failed.headers.append(
+            (b"retry-after", str(max(1, math.ceil(until - pool.now()))).encode()))
 
 
 class _Headers:
@@ -261,51 +301,59 @@ def _note(record: RequestRecord, observers: Sequence[Observer], failover: Failov
 
 
 def _no_account(exc: NoAccountAvailable, last: Failed | None) -> Failed:
+    """The answer when no account is left: as the upstream would have given it.
+
+    A 429 keeps the last refusal's own body (its type, message and any spend-cap
+    code) with ``retry-after`` set to when the first account can serve again.
+    """
     if last is not None and last.status != 429:
         # The accounts we could try all failed for reasons that are not quota:
         # the client learns the real upstream error, not a made-up one.
         return last
     if exc.retry_after is not None:
-        if last is not None and parse_error(last.body)[2] == SPEND_CAP:
-            # Every account is capped: keep the upstream's own body so clients see the
-            # spend-cap code (which tells them retrying soon will not help).
+        retry_after = str(max(1, math.ceil(exc.retry_after))).encode()
+        if last is not None:
             last.headers = [(k, v) for k, v in last.headers if k != b"retry-after"]
-            last.headers.append((b"retry-after",
-                                 str(max(1, math.ceil(exc.retry_after))).encode()))
+            last.headers.append((b"retry-after", retry_after))
             return last
+        if exc.refusal is not None and exc.refusal[0] == "rate_limit_error":
+            # Nothing was tried for this request: answer with what the soonest account's
+            # own refusal said, so clients see the upstream's words.
+            return Failed.of(429, "rate_limit_error", exc.refusal[1] or f"ccrotate: {exc}",
+                             retry_after=exc.retry_after)
         return Failed.of(429, "rate_limit_error", f"ccrotate: {exc}", retry_after=exc.retry_after)
     if last is not None:
         return last
+    if exc.refusal is not None and exc.refusal[0] == "permission_error":
+        # Every account was refused this model: the upstream's own 403, not an outage.
+        return Failed.of(403, "permission_error", exc.refusal[1] or f"ccrotate: {exc}")
     return Failed.of(503, "api_error", f"ccrotate: {exc}")
 
 
-def _classify(status: int) -> str | None:
-    if status == 429:
-        return "rate_limited"
-    if status in (401, 403):
-        return "auth"
-    if status == 529:
-        return "overloaded"
-    if status >= 500:
-        return "server_error"
-    return None
+def _verdict(status: int, failed: Failed, account: Account, loop: AttemptLoop,
+             can_refresh: bool) -> Verdict:
+    return classify(status, _Headers(failed.headers), parse_error(failed.body),
+                    kind=account.kind, now=loop.pool.now(), can_refresh=can_refresh,
+                    default_cooldown=loop.pool.default_cooldown)
 
 
 async def _one(request: OutgoingRequest, account: Account, loop: AttemptLoop,
-               record: RequestRecord, refreshed: set[str]) -> Won | tuple[str, Failed]:
-    """One attempt on one account: a winner, or (failover reason, the error it produced)."""
+               record: RequestRecord, refreshed: set[str]) -> Won | tuple[Verdict, Failed]:
+    """One attempt on one account: a winner, or (the taxonomy's verdict, the error)."""
     refresher = loop.refresher
     if refresher is not None and account.kind is AccountKind.OAUTH:
         try:
             account = await refresher.ensure_fresh(account)
         except InvalidGrant as exc:
-            return "auth", Failed.of(401, "authentication_error", f"token refresh failed: {exc}")
+            message = f"token refresh failed: {exc}"
+            return (replace(AUTH_REFUSED, message=message),
+                    Failed.of(401, "authentication_error", message))
         except RefreshError as exc:
             # The token endpoint is unreachable or failing: not the account's fault, and
             # the refresher keeps retrying it in the background.
-            return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
+            return CONNECTION, Failed.of(502, "api_error", f"ccrotate: {exc}")
         except UnknownAccount:
-            return "connection", Failed.of(502, "api_error", "ccrotate: account was removed")
+            return CONNECTION, Failed.of(502, "api_error", "ccrotate: account was removed")
     sent = time.perf_counter()
     try:
         provider = loop.providers.for_account(account)
@@ -313,34 +361,31 @@ async def _one(request: OutgoingRequest, account: Account, loop: AttemptLoop,
                                         provider.headers(account, request),
                                         provider.body(account, request))
     except UpstreamError as exc:
-        return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
+        return CONNECTION, Failed.of(502, "api_error", f"ccrotate: {exc}")
     try:
         record.upstream_latency = time.perf_counter() - sent
         status = resp.status
         if status < 400:
             streaming = resp.content_type == "text/event-stream"
             if streaming:
-                return await _peek_stream(account, resp, record)
+                return await _peek_stream(account, resp, loop)
             body = await resp.read(loop.config.max_response_body)
             return Won(account, resp, [body], False, None)
         body = await resp.read(loop.config.max_response_body)
         failed = Failed(status, *sanitize_error(status, resp.raw_headers, body))
-        reason = _classify(status)
-        if reason is None:
-            return "client_error", failed
-        if (reason == "auth" and status == 401 and refresher is not None
-                and account.kind is AccountKind.OAUTH and account.name not in refreshed):
+        verdict = _verdict(status, failed, account, loop, can_refresh=(
+            refresher is not None and account.name not in refreshed))
+        if verdict.action is AccountAction.REFRESH and refresher is not None:
             refreshed.add(account.name)
             try:
                 await refresher.refresh(account.name, reason="upstream answered 401")
             except (RefreshError, UnknownAccount):
-                return reason, failed
+                return _verdict(status, failed, account, loop, can_refresh=False), failed
             record.attempts -= 1  # the retry after a refresh is the same attempt
-            return "refreshed", failed
-        return reason, failed
+        return verdict, failed
     except UpstreamError as exc:
         await resp.aclose()
-        return "connection", Failed.of(502, "api_error", f"ccrotate: {exc}")
+        return CONNECTION, Failed.of(502, "api_error", f"ccrotate: {exc}")
     except BaseException:
         await resp.aclose()
         raise
@@ -350,7 +395,7 @@ async def _one(request: OutgoingRequest, account: Account, loop: AttemptLoop,
 
 
 async def _peek_stream(account: Account, resp: UpstreamResponse,
-                       record: RequestRecord) -> Won | tuple[str, Failed]:
+                       loop: AttemptLoop) -> Won | tuple[Verdict, Failed]:
     # Hold the response until the first whole SSE event: an error that opens
     # a 200 stream (overloaded, often) can still move to another account.
     if resp.content_encoding not in (None, "identity"):
@@ -366,12 +411,12 @@ async def _peek_stream(account: Account, resp: UpstreamResponse,
         type_, message = scanner.error
         await resp.aclose()
         status = STATUS_OF_ERROR.get(type_, 500)
-        reason = _classify(status) or "client_error"
         # The stream's allowed headers (rate limits) with a JSON type, as for an HTTP error.
-        return reason, Failed(status, *sanitize_error(
+        failed = Failed(status, *sanitize_error(
             status, resp.raw_headers, scanner.error_data or error_body(type_, message)))
+        return _verdict(status, failed, account, loop, can_refresh=False), failed
     if not scanner.first_event_complete():
         await resp.aclose()
-        return "connection", Failed.of(502, "api_error",
+        return CONNECTION, Failed.of(502, "api_error",
                                        "ccrotate: upstream stream ended before its first event")
     return Won(account, resp, head, True, scanner)

@@ -308,6 +308,26 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("default_cooldown", "CCROTATE_DEFAULT_COOLDOWN", "rotation.default_cooldown",
           _seconds(zero_ok=False),
           "Seconds an account rests after a 429 that says nothing about when to retry."),
+    _spec("account_backoff_base", "CCROTATE_ACCOUNT_BACKOFF_BASE",
+          "rotation.account_backoff_base", _seconds(zero_ok=False),
+          "First backoff of an account after a 429 without reset, a 529 or a 5xx."),
+    _spec("account_backoff_cap", "CCROTATE_ACCOUNT_BACKOFF_CAP", "rotation.account_backoff_cap",
+          _seconds(zero_ok=False), "Longest backoff of an account (it doubles up to this)."),
+    _spec("entitlement_ttl", "CCROTATE_ENTITLEMENT_TTL", "rotation.entitlement_ttl",
+          _seconds(zero_ok=False),
+          "Seconds an account is skipped for a model it was refused (403)."),
+    _spec("forbidden_threshold", "CCROTATE_FORBIDDEN_THRESHOLD", "rotation.forbidden_threshold",
+          _int(1), "403s in a row, from different requests, that make an account auth_error."),
+    _spec("session_affinity", "CCROTATE_SESSION_AFFINITY", "rotation.session_affinity", _bool,
+          "Keep the requests of one conversation on one account while it can serve."),
+    _spec("affinity_ttl", "CCROTATE_AFFINITY_TTL", "rotation.affinity_ttl",
+          _seconds(zero_ok=False),
+          "Seconds a session stays bound to its account after its last request."),
+    _spec("session_header", "CCROTATE_SESSION_HEADER", "rotation.session_header", _text,
+          "Request header naming a session when metadata.user_id names none."),
+    _spec("capacity_wait", "CCROTATE_CAPACITY_WAIT", "rotation.capacity_wait",
+          _seconds(zero_ok=True),
+          "Seconds a request waits when every account is at its maxConcurrent (429 beyond)."),
     _spec("inject_identity", "CCROTATE_INJECT_IDENTITY", "rotation.inject_identity", _bool,
           "Prepend Claude Code's identity system block for OAuth accounts."),
     _spec("relocate_system", "CCROTATE_RELOCATE_SYSTEM", "rotation.relocate_system", _bool,
@@ -388,6 +408,14 @@ class Settings:
     refresh_buffer: float = 600.0
     max_attempts: int = 4
     default_cooldown: float = 60.0
+    account_backoff_base: float = 2.0
+    account_backoff_cap: float = 120.0
+    entitlement_ttl: float = 900.0
+    forbidden_threshold: int = 3
+    session_affinity: bool = True
+    affinity_ttl: float = 300.0
+    session_header: str = "x-session-id"
+    capacity_wait: float = 30.0
     inject_identity: bool = True
     relocate_system: bool = False
     auth_tokens: tuple[str, ...] = ()

@@ -107,7 +107,15 @@ class Rotator:
             pool = AccountPool(accounts_file.load(),
                                strategy=strategy_named(settings.strategy,
                                                        rotation=settings.rotation_enabled),
-                               default_cooldown=settings.default_cooldown)
+                               default_cooldown=settings.default_cooldown,
+                               backoff_base=settings.account_backoff_base,
+                               backoff_cap=max(settings.account_backoff_cap,
+                                               settings.account_backoff_base),
+                               entitlement_ttl=settings.entitlement_ttl,
+                               forbidden_threshold=settings.forbidden_threshold,
+                               affinity_ttl=(settings.affinity_ttl
+                                             if settings.session_affinity else None),
+                               session_header=settings.session_header)
         self.pool = pool
         self.accounts_file = accounts_file
         self.config = ProxyConfig(
@@ -115,6 +123,7 @@ class Rotator:
             inject_identity=settings.inject_identity, relocate_system=settings.relocate_system,
             max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
             request_timeout=settings.request_timeout,
+            capacity_wait=settings.capacity_wait,
             timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
         self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=self.config.timeouts)
         self.refresher: _RefresherLike = refresher or TokenRefresher(

@@ -168,4 +168,22 @@ class Forbidden(ApiError):
                     "used for other API requests.")
 
 
+@dataclass(frozen=True, kw_only=True)
+class NotEntitled(ApiError):
+    """403 ``permission_error`` for one model or feature the credential may not use.
+
+    ``status=429`` gives the variant some entitlement refusals arrive as.
+    """
+
+    status: int = 403
+    error_type: str = "permission_error"
+    model: str = "claude-opus-4-8"
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.message:
+            object.__setattr__(self, "message",
+                               f"Your organization does not have access to model {self.model}.")
+
+
 Behaviour: TypeAlias = Reply | ApiError

@@ -16,6 +16,7 @@ from ccrotate._pool.strategy import SelectionContext
 from ccrotate._proxy.attempts import Attempt, Failed, Won
 from ccrotate._proxy.dialects.base import ClientRequest, Headers, Prepared
 from ccrotate._proxy.headers import request_headers, response_headers
+from ccrotate._proxy.session import session_key
 from ccrotate._upstream.providers import OutgoingRequest
 from ccrotate._wire import error_event, needs_identity, peek_request
 
@@ -110,7 +111,11 @@ class AnthropicRoute:
             record.model, record.stream = peek.model, peek.stream
             wants_identity = self.name == "messages" and needs_identity(peek.system)
             user = peek.metadata.user_id if peek.metadata is not None else None
-            context = SelectionContext(model=peek.model, session_key=user,
+            pool = request.loop.pool
+            # Affinity off: no key, and no prefix hash spent on it.
+            key = session_key(user, scope["headers"], request.body, pool.session_header) \
+                if pool.affinity else None
+            context = SelectionContext(model=peek.model, session_key=key,
                                        headers=scope["headers"])
         fwd, beta, pinned = request_headers(scope["headers"])
         query = scope.get("query_string", b"")

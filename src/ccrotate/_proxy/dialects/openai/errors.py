@@ -8,6 +8,9 @@ right; ``type`` and ``code`` follow what OpenAI itself sends where it has an equ
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+
 import msgspec
 
 from ccrotate._exceptions import TranslationError
@@ -19,6 +22,7 @@ __all__ = [
     "anthropic_error_to_openai",
     "error_detail",
     "from_validation_error",
+    "ratelimit_headers",
     "translation_error_body",
 ]
 
@@ -93,6 +97,57 @@ def anthropic_error_to_openai(status: int, body: bytes) -> tuple[int, bytes]:
         message = f"upstream returned HTTP {status}"
     detail = ErrorDetail(message=message, type=type_, code=code)
     return out_status, ENCODER.encode(ErrorBody(detail))
+
+
+def _duration(seconds: float) -> bytes:
+    # OpenAI writes resets as Go durations: "20s", "6m0s", "1h2m3s".
+    total = max(0, math.ceil(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s".encode()
+    if minutes:
+        return f"{minutes}m{secs}s".encode()
+    return f"{secs}s".encode()
+
+
+def _reset_in(value: bytes, now: float) -> float | None:
+    try:
+        return datetime.fromisoformat(value.decode("latin-1").replace("Z", "+00:00")
+                                      ).timestamp() - now
+    except ValueError:
+        return None
+
+
+def ratelimit_headers(headers: list[tuple[bytes, bytes]], now: float
+                      ) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for a 429.
+
+    From an API key's ``anthropic-ratelimit-{requests,tokens}-*`` when the upstream sent
+    them; otherwise (subscription accounts, an exhausted pool) ``remaining-requests: 0``
+    with the reset at ``retry-after``, which is what an OpenAI client needs to wait right.
+    """
+    got = dict(headers)
+    out: list[tuple[bytes, bytes]] = []
+    for bucket in (b"requests", b"tokens"):
+        prefix = b"anthropic-ratelimit-" + bucket
+        limit, remaining = got.get(prefix + b"-limit"), got.get(prefix + b"-remaining")
+        if limit is not None and remaining is not None:
+            out += [(b"x-ratelimit-limit-" + bucket, limit),
+                    (b"x-ratelimit-remaining-" + bucket, remaining)]
+            reset = got.get(prefix + b"-reset")
+            seconds = _reset_in(reset, now) if reset is not None else None
+            if seconds is not None:
+                out.append((b"x-ratelimit-reset-" + bucket, _duration(seconds)))
+    retry_after = got.get(b"retry-after")
+    if not out and retry_after is not None:
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            return out
+        out += [(b"x-ratelimit-remaining-requests", b"0"),
+                (b"x-ratelimit-reset-requests", _duration(seconds))]
+    return out
 
 
 def translation_error_body(exc: TranslationError) -> bytes:

@@ -23,6 +23,7 @@ from ccrotate._proxy.dialects.base import ClientRequest, Headers, Prepared
 from ccrotate._proxy.dialects.openai.caps import ModelCapabilities, parse_model_capabilities
 from ccrotate._proxy.dialects.openai.errors import (
     anthropic_error_to_openai,
+    ratelimit_headers,
     translation_error_body,
 )
 from ccrotate._proxy.dialects.openai.response import model_to_openai, models_to_openai
@@ -30,6 +31,7 @@ from ccrotate._proxy.dialects.openai.stream import StreamTranslator
 from ccrotate._proxy.dialects.openai.translator import OpenAITranslator, TranslatedRequest
 from ccrotate._proxy.headers import request_headers
 from ccrotate._proxy.record import RequestRecord
+from ccrotate._proxy.session import session_key
 from ccrotate._upstream.providers import OutgoingRequest
 from ccrotate._wire import SPEND_CAP, needs_identity, parse_error, peek_request
 
@@ -48,9 +50,12 @@ CAPABILITIES_RETRY = 60.0
 def _openai_error(failed: Failed) -> Failed:
     status, body = anthropic_error_to_openai(failed.status, failed.body)
     headers = [_JSON, *((k, v) for k, v in failed.headers if k in _KEEP)]
-    if status == 429 and parse_error(failed.body)[2] == SPEND_CAP:
-        # insufficient_quota will not clear by retrying; the openai SDK obeys this header.
-        headers.append(_NO_RETRY)
+    if status == 429:
+        # OpenAI clients pace themselves by x-ratelimit-*, not by Anthropic's headers.
+        headers += ratelimit_headers(failed.headers, time.time())
+        if parse_error(failed.body)[2] == SPEND_CAP:
+            # insufficient_quota will not clear by retrying; the openai SDK obeys this header.
+            headers.append(_NO_RETRY)
     return Failed(status, headers, body)
 
 
@@ -166,7 +171,10 @@ class _ChatRoute:
         user = peek.metadata.user_id if peek.metadata is not None else None
         outgoing = OutgoingRequest("POST", "/v1/messages", fwd, None, req.body,
                                    needs_identity(peek.system))
-        context = SelectionContext(model=req.model, session_key=user, headers=headers)
+        pool = request.loop.pool
+        key = session_key(user, headers, req.body, pool.session_header) \
+            if pool.affinity else None
+        context = SelectionContext(model=req.model, session_key=key, headers=headers)
         return Prepared(Attempt(outgoing, pinned, context), _ChatAdapter(translator, req),
                         usage_from_body=True)
 
