@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -263,3 +264,13 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", guarded)
+
+
+def _sample(name: str) -> Path:
+    # shared/ sits beside the clone (CI's copy) or at the workplace's own path.
+    here = Path(__file__).resolve().parents[2] / "shared" / "samples" / name
+    return here if here.exists() else Path("/work/shared/samples") / name
+
+
+CLAUDE_CODE_SAMPLE = _sample("claude-code-2.1.197-request.json")
+"""A real Claude Code 2.1.197 request, captured (../shared/samples)."""

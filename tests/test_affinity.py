@@ -13,9 +13,9 @@ import pytest
 from ccrotate import Account, AccountKind, AccountPool, Secret, SelectionContext
 from ccrotate._proxy.session import PREFIX_LIMIT, prefix_key, session_key, session_of_user_id
 from ccrotate.testing import RateLimited
-from conftest import ACCOUNT_OF, HELLO, MODEL, FakeClock, Stack
+from conftest import ACCOUNT_OF, CLAUDE_CODE_SAMPLE, HELLO, MODEL, FakeClock, Stack
 
-SAMPLE = Path("/work/shared/samples/claude-code-2.1.197-request.json")
+SAMPLE = CLAUDE_CODE_SAMPLE
 CLAUDE_CODE_USER = ('{"device_id":"80fd","account_uuid":"",'
                     '"session_id":"1523d9c8-ece3-4416-83e2-3a5fda5defbc"}')
 

@@ -42,6 +42,7 @@ from ccrotate import (
 from ccrotate._asgi import json_body_ok
 from ccrotate._server.app import create_app
 from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
+from conftest import CLAUDE_CODE_SAMPLE
 
 KEY_A = "sk-ant-api03-GUARDalpha-key-0001"
 KEY_B = "sk-ant-api03-GUARDbeta-key-0002"
@@ -52,7 +53,7 @@ BODY = {"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 JSON = {"content-type": "application/json"}
 EVIL = "https://evil.example"
-SAMPLE = Path("/work/shared/samples/claude-code-2.1.197-request.json")
+SAMPLE = CLAUDE_CODE_SAMPLE
 
 # What Chrome sends with fetch(url, {method: "POST", body: "..."}) from another site:
 # a "simple" request, so it goes out without a preflight.

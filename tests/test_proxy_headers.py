@@ -10,7 +10,6 @@ import gzip
 import json
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ import pytest
 from ccrotate._proxy.headers import request_headers, response_headers
 from ccrotate._wire import SSEScanner, inject_identity, merge_beta, needs_identity, peek_request
 from ccrotate.testing import Reply, serve_app
-from conftest import HELLO, KEY_A, MODEL, TOKEN_B, Stack
+from conftest import CLAUDE_CODE_SAMPLE, HELLO, KEY_A, MODEL, TOKEN_B, Stack
 
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
 AGENT = "You are a Claude agent, built on Anthropic's Claude Agent SDK."
@@ -28,7 +27,7 @@ BILLING = {"type": "text",
            "text": "x-anthropic-billing-header: cc_version=2.1.197; cc_entrypoint=cli;"}
 IDENT_BLOCK = {"type": "text", "text": IDENTITY}
 TERSE = {"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}
-SAMPLE = Path("/work/shared/samples/claude-code-2.1.197-request.json")
+SAMPLE = CLAUDE_CODE_SAMPLE
 
 
 def body(**extra: Any) -> dict[str, Any]:
