@@ -117,3 +117,30 @@ def test_claude_code_works_through_the_guarded_server(serve_guarded: Any,
     assert _system_texts(oauth.json) == _system_texts(sent[0].json)
     assert CLIENT_TOKEN not in repr(oauth.headers)  # the client key never goes upstream
 
+
+
+def _session_of(request: Any) -> str | None:
+    user_id = (request.json.get("metadata") or {}).get("user_id") or ""
+    try:
+        return json.loads(user_id).get("session_id")  # type: ignore[no-any-return]
+    except ValueError:
+        return None
+
+
+@pytest.mark.slow
+def test_a_continued_claude_code_session_stays_on_its_account(serve_guarded: Any,
+                                                              tmp_path: Path) -> None:
+    """``claude -c -p`` continues the last session: its request carries the same session
+    id and goes to the same account, though round-robin alone would move it on."""
+    stack: GuardedStack = serve_guarded()
+    _claude(stack, tmp_path, "-p", "hi")                # a new session: account a
+    _claude(stack, tmp_path, "-p", "hello")             # another new session: account b
+    again = _claude(stack, tmp_path, "-c", "-p", "and again")   # continues the second
+    assert HELLO in again.stdout
+    sent = stack.fake.requests_for(path="/v1/messages")
+    assert len(sent) == 3, [r.json.get("metadata") for r in sent]
+    first, second, third = (_session_of(r) for r in sent)
+    assert first and second and first != second
+    assert third == second
+    assert [ACCOUNT_OF.get(r.credential or "") for r in sent] == ["a", "b", "b"]
+    assert stack.refused() == []
