@@ -140,7 +140,9 @@ def test_a_continued_claude_code_session_stays_on_its_account(serve_guarded: Any
     sent = stack.fake.requests_for(path="/v1/messages")
     assert len(sent) == 3, [r.json.get("metadata") for r in sent]
     first, second, third = (_session_of(r) for r in sent)
-    assert first and second and first != second
+    assert first
+    assert second
+    assert first != second
     assert third == second
     assert [ACCOUNT_OF.get(r.credential or "") for r in sent] == ["a", "b", "b"]
     assert stack.refused() == []
