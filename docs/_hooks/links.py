@@ -1,0 +1,42 @@
+"""mkdocs hook: links that leave docs/ (README.md, examples/, benchmarks/...) still work.
+
+The Markdown files are written to be read on a forge or in a clone, so they link to files
+anywhere in the repository. On the site, a link to README.md goes to the home page (which
+includes it); a link to any other file outside docs/ goes to ``repo_url`` when mkdocs.yml
+sets it, and otherwise becomes the file's path as code.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from pathlib import Path
+from typing import Any
+
+LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<target>[^)#\s]+)(?P<anchor>#[^)]*)?\)")
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    docs = Path(config["docs_dir"]).resolve()
+    root = docs.parent
+    here = (docs / page.file.src_uri).parent
+    repo = (config.get("repo_url") or "").rstrip("/")
+
+    def rewrite(match: re.Match[str]) -> str:
+        target = match["target"]
+        if "://" in target or target.startswith(("mailto:", "/")):
+            return match[0]
+        path = (here / target).resolve()
+        if path.is_relative_to(docs) or not path.is_relative_to(root) or not path.exists():
+            return match[0]
+        anchor = match["anchor"] or ""
+        relative = path.relative_to(root).as_posix()
+        if relative == "README.md":
+            index = posixpath.relpath("index.md", posixpath.dirname(page.file.src_uri) or ".")
+            return f"[{match['text']}]({index}{anchor})"
+        if repo:
+            return f"[{match['text']}]({repo}/blob/main/{relative}{anchor})"
+        text = match["text"]
+        return text if text.strip("`") == relative else f"{text} (`{relative}`)"
+
+    return LINK.sub(rewrite, markdown)
