@@ -47,6 +47,9 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     home = (site / "index.html").read_text()
     assert "ccrotate shares a pool of Claude accounts" in home  # the README, included
     reference = (site / "reference" / "index.html").read_text()
+    # Sphinx roles in the docstrings render as code (docs/_hooks/links.py), not as text.
+    assert ":class:" not in reference
+    assert '<a href="#ccrotate.Settings"><code>Settings</code></a>' in reference
     import ccrotate
 
     for name in ccrotate.__all__:
