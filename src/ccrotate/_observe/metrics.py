@@ -118,7 +118,8 @@ class PrometheusMetrics:
         pricing: the :class:`PricingTable` for ``ccrotate_cost_usd_total``.
         namespace: the metric name prefix.
         max_models: distinct model labels before further ones count as ``"other"``.
-        latency_buckets, ttfb_buckets: histogram buckets in seconds.
+        latency_buckets: request-latency histogram buckets in seconds.
+        ttfb_buckets: time-to-first-byte histogram buckets in seconds.
 
     Raises ``ImportError`` with the install hint when ``prometheus_client`` is missing.
     """

@@ -135,8 +135,9 @@ class AccountPool:
         default_cooldown: seconds to cool a 429 that carries no reset information.
         clock: epoch-seconds clock (tests pass a fake one).
         store: where runtime records live.
-        backoff_base, backoff_cap: the first and the longest backoff (seconds) after a
-            headerless 429, a 529 or a 5xx; it doubles with each failure in a row, with jitter.
+        backoff_base: the first backoff (seconds) after a headerless 429, a 529 or a 5xx;
+            it doubles with each failure in a row, with jitter.
+        backoff_cap: the longest such backoff (seconds).
         entitlement_ttl: seconds an account stays skipped for a model it was refused (403).
         forbidden_threshold: 403s in a row (from different requests) that take the
             account out as ``auth_error``.

@@ -65,7 +65,8 @@ class ProxyConfig:
             refuse long third-party system prompts with "out of extra usage").
         max_body_size: largest request body accepted (413 beyond).
         timeouts: upstream connect/read timeouts and pool size.
-        backoff_base, backoff_cap: pause before the next account after a 5xx/529.
+        backoff_base: pause before the next account after a 5xx/529.
+        backoff_cap: the longest such pause.
         request_timeout: seconds a client request may wait, across every attempt, for an
             account to start answering (504 beyond). A started stream is bounded by
             ``timeouts.read`` between chunks instead.

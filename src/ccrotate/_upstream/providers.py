@@ -146,7 +146,8 @@ class Providers:
 
     Parameters:
         base_url: the default Messages API host.
-        identity, relocate_system: see :class:`OAuthProvider`.
+        identity: see :class:`OAuthProvider`.
+        relocate_system: see :class:`OAuthProvider`.
         overrides: a provider per :class:`~ccrotate.AccountKind` to use instead.
     """
 
