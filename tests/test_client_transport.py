@@ -18,10 +18,18 @@ import anyio
 import httpx2
 import pytest
 
-from ccrotate import Account, AccountKind, AccountPool, Secret, Settings, TokenRefresher
+from ccrotate import (
+    Account,
+    AccountKind,
+    AccountPool,
+    AccountState,
+    Secret,
+    Settings,
+    TokenRefresher,
+)
 from ccrotate._wire import CLAUDE_CODE_IDENTITY, OAUTH_BETA
 from ccrotate.client import AsyncRotatingTransport, RotatingTransport
-from ccrotate.testing import FakeUpstream, Gate, RateLimited, Reply, ServerHandle
+from ccrotate.testing import FakeUpstream, Gate, Overloaded, RateLimited, Reply, ServerHandle
 from conftest import HELLO, KEY_A, KEY_C, MODEL, TOKEN_B, FakeClock
 
 SDK_KEY = "sk-ant-api03-the-sdks-own-key-never-sent"
@@ -87,6 +95,19 @@ def test_sync_fails_over_on_a_429_and_cools_the_account(
     _create(client)
     _create(client)
     assert [r.credential for r in fake.requests] == [KEY_A, TOKEN_B, KEY_C, TOKEN_B]
+    assert all(s.in_flight == 0 for s in pool.statuses())
+
+
+def test_sync_fails_over_on_a_refused_key_and_an_overload(
+        client: anthropic.Anthropic, upstream_server: Served, pool: AccountPool) -> None:
+    """A revoked key (401) puts a in auth_error; a 529 on b moves on to c; the SDK sees 200."""
+    fake = upstream_server.app
+    fake.revoke(KEY_A)
+    fake.script(TOKEN_B, Overloaded())
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=32, messages=HELLO)
+    assert raw.headers["x-ccrotate-account"] == "c"
+    assert [r.credential for r in fake.requests] == [KEY_A, TOKEN_B, KEY_C]
+    assert pool.status("a").state is AccountState.AUTH_ERROR
     assert all(s.in_flight == 0 for s in pool.statuses())
 
 
