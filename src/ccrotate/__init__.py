@@ -32,6 +32,7 @@ from ccrotate._version import __version__
 if TYPE_CHECKING:
     from ccrotate._accounts.file import AccountsFile, FileFormat, discover_accounts_file
     from ccrotate._accounts.model import Account, AccountKind, Secret
+    from ccrotate._client.transport import AsyncRotatingTransport, RotatingTransport
     from ccrotate._observe.accesslog import AccessLog, LoggingSink
     from ccrotate._observe.health import AccountView, HealthView, PoolView, health_endpoint
     from ccrotate._observe.logs_api import logs_app, logs_routes
@@ -100,6 +101,7 @@ _LAZY: dict[str, str] = {
     "AccountsFile": "ccrotate._accounts.file",
     "AccountsWatcher": "ccrotate._tokens.reload",
     "AiohttpUpstream": "ccrotate._upstream.aiohttp_transport",
+    "AsyncRotatingTransport": "ccrotate._client.transport",
     "Candidate": "ccrotate._pool.strategy",
     "ClientAuth": "ccrotate._proxy.auth",
     "DuckDBLogStore": "ccrotate._observe.logstore",
@@ -135,6 +137,7 @@ _LAZY: dict[str, str] = {
     "RequestRecord": "ccrotate._proxy.record",
     "RotatingProxy": "ccrotate._proxy.app",
     "RotationMiddleware": "ccrotate._proxy.app",
+    "RotatingTransport": "ccrotate._client.transport",
     "Rotator": "ccrotate._server.rotator",
     "RoundRobin": "ccrotate._pool.strategy",
     "Secret": "ccrotate._accounts.model",
@@ -174,6 +177,7 @@ __all__ = [
     "AccountsFileError",
     "AccountsWatcher",
     "AiohttpUpstream",
+    "AsyncRotatingTransport",
     "CCRotateError",
     "Candidate",
     "ClientAuth",
@@ -214,6 +218,7 @@ __all__ = [
     "RequestGuard",
     "RequestRecord",
     "RotatingProxy",
+    "RotatingTransport",
     "RotationMiddleware",
     "Rotator",
     "RoundRobin",

@@ -93,6 +93,9 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise SystemExit(f"error: cannot listen on {host}:{port}: {exc.strerror}") from None
+    # Listen before the URL is printed: a client that reads it and connects at once
+    # would otherwise be refused until uvicorn starts (the backlog holds it meanwhile).
+    sock.listen(2048)
     return sock
 
 
