@@ -65,6 +65,19 @@ class _Head:
     def content_encoding(self) -> str | None:
         return self.response.headers.get("content-encoding")
 
+    def chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError  # each adapter reads its own kind of body stream
+
+    async def read(self, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise _too_long(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
 
 def _too_long(limit: int) -> UpstreamProtocolError:
     return UpstreamProtocolError(f"upstream response body is over {limit} bytes")
@@ -86,16 +99,6 @@ class AsyncInnerResponse(_Head):
             raise TypeError("the inner transport of an async client must answer asynchronously")
         self.raw: AsyncIterator[bytes] = aiter(stream)
         self._closed = False
-
-    async def read(self, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                raise _too_long(limit)
-            parts.append(chunk)
-        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -128,16 +131,6 @@ class SyncInnerResponse(_Head):
             raise TypeError("the inner transport of a sync client must answer synchronously")
         self.raw: Iterator[bytes] = iter(stream)
         self._closed = False
-
-    async def read(self, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                raise _too_long(limit)
-            parts.append(chunk)
-        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         end = object()
