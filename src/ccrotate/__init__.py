@@ -9,7 +9,6 @@ aiohttp or proxy import. The exception tree and the version are cheap and eager.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from ccrotate._exceptions import (
@@ -27,6 +26,7 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from ccrotate._lazy import attach
 from ccrotate._version import __version__
 
 if TYPE_CHECKING:
@@ -252,14 +252,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ccrotate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = attach(__name__, globals(), _LAZY, __all__)

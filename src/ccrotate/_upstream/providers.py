@@ -47,8 +47,8 @@ class OutgoingRequest:
     body: bytes | None = None
     wants_identity: bool = False
     """The body is a Messages request whose first system block is not an identity line."""
-    _bodies: dict[str, bytes] = field(default_factory=dict, repr=False)
-    """Rewritten bodies by provider key, computed once per request whatever the attempts."""
+    _oauth_body: bytes | None = field(default=None, repr=False)
+    """The body with the identity block, computed once per request whatever the attempts."""
 
 
 class Provider(Protocol):
@@ -134,9 +134,9 @@ class OAuthProvider(_Base):
     def body(self, account: Account, request: OutgoingRequest) -> bytes | None:
         if self.identity is None or not request.wants_identity or request.body is None:
             return request.body
-        cached = request._bodies.get("oauth")
+        cached = request._oauth_body
         if cached is None:
-            cached = request._bodies["oauth"] = inject_identity(
+            cached = request._oauth_body = inject_identity(
                 request.body, self.identity, relocate=self.relocate_system)
         return cached
 

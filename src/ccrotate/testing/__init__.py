@@ -24,10 +24,11 @@ See ``docs/testing.md`` for the full guide.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from ccrotate._lazy import attach
 
 if TYPE_CHECKING:
     from ccrotate.testing._behaviours import (
@@ -116,17 +117,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ccrotate.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = attach(__name__, globals(), _LAZY, __all__)
 
 
 @contextmanager
