@@ -9,10 +9,12 @@ quoted in the message.
 from __future__ import annotations
 
 import math
+import re
+from urllib.parse import urlsplit
 
 from ccrotate._exceptions import ConfigError
 
-__all__ = ["at_least", "has_methods", "is_callable", "non_negative", "positive"]
+__all__ = ["at_least", "has_methods", "is_callable", "masked_url", "non_negative", "positive"]
 
 
 def _number(owner: str, field: str, value: object, bound: str) -> float:
@@ -61,3 +63,26 @@ def at_least(owner: str, field: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{owner}.{field}: must be an integer >= {minimum} (got {value!r})")
     return value
+
+
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) as ``***``,
+    for reprs, logs and messages. Anything that does not parse is masked whole."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hostport}"
+    query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Built by hand: urlunsplit drops the "//" of an empty host ("postgresql:///db").
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))

@@ -236,21 +236,23 @@ _SUMMARY_KEYS = ("requests", "errors", "client_disconnects", "failovers", *TOKEN
                  "ttfb_p95")
 
 
-def _where_sql(where: LogFilter) -> tuple[str, list[Any]]:
+def _where_sql(where: LogFilter, mark: str = "?") -> tuple[str, list[Any]]:
+    # `mark` is the driver's placeholder: DuckDB's "?", psycopg's "%s".
     clauses: list[str] = []
     params: list[Any] = []
     if where.since is not None:
-        clauses.append("ts >= ?")
+        clauses.append(f"ts >= {mark}")
         params.append(where.since)
     if where.until is not None:
-        clauses.append("ts < ?")
+        clauses.append(f"ts < {mark}")
         params.append(where.until)
     for column, values in (("account", where.accounts), ("model", where.models)):
         if values:
-            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            clauses.append(f"{column} IN ({', '.join([mark] * len(values))})")
             params.extend(values)
     if where.statuses:
-        clauses.append("(" + " OR ".join("status BETWEEN ? AND ?" for _ in where.statuses) + ")")
+        clauses.append("(" + " OR ".join(f"status BETWEEN {mark} AND {mark}"
+                                         for _ in where.statuses) + ")")
         for lo, hi in where.statuses:
             params += [lo, hi]
     return (" AND ".join(clauses) or "TRUE"), params
@@ -353,28 +355,40 @@ class DuckDBLogStore:
                     conn.execute(series_sql, [since, bucket, *params]).fetchall())
 
         group_rows, series_rows = await self._run(query)
-        totals = dict(zip(_SUMMARY_KEYS, [0] * len(_SUMMARY_KEYS), strict=True))
-        by_account: list[dict[str, Any]] = []
-        by_model: list[dict[str, Any]] = []
-        for ga, gm, account, model, *values in group_rows:
-            summary = _clean(dict(zip(_SUMMARY_KEYS, values, strict=True)))
-            if ga and gm:
-                totals = summary
-            elif not ga:
-                by_account.append({"account": account, **summary})
-            else:
-                by_model.append({"model": model, **summary})
-        by_account.sort(key=lambda g: (-g["requests"], str(g["account"])))
-        by_model.sort(key=lambda g: (-g["requests"], str(g["model"])))
-        series = _empty_series(where, bucket)
-        for b, requests, errors, cost, output in series_rows:
-            point = series[min(max(int(b), 0), len(series) - 1)]
-            point["requests"] += requests
-            point["errors"] += errors
-            point["cost_usd"] = round(point["cost_usd"] + cost, 6)
-            point["output_tokens"] += output
-        return {"window": _window(where, bucket), "totals": _clean(totals),
-                "by_account": by_account, "by_model": by_model, "series": series}
+        return sql_analytics(where, bucket, group_rows, series_rows)
+
+
+def sql_analytics(where: LogFilter, bucket: float, group_rows: Iterable[Sequence[Any]],
+                  series_rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """The analytics answer from SQL rows (shared by the SQL stores).
+
+    ``group_rows``: ``(grouping(account), grouping(model), account, model, *summary)`` over
+    the grouping sets ``(), (account), (model)``; ``series_rows``: ``(bucket index,
+    requests, errors, cost, output tokens)``.
+    """
+    totals = dict(zip(_SUMMARY_KEYS, [0] * len(_SUMMARY_KEYS), strict=True))
+    by_account: list[dict[str, Any]] = []
+    by_model: list[dict[str, Any]] = []
+    for ga, gm, account, model, *values in group_rows:
+        summary = _clean(dict(zip(_SUMMARY_KEYS, values, strict=True)))
+        if ga and gm:
+            totals = summary
+        elif not ga:
+            by_account.append({"account": account, **summary})
+        else:
+            by_model.append({"model": model, **summary})
+    by_account.sort(key=lambda g: (-g["requests"], str(g["account"])))
+    by_model.sort(key=lambda g: (-g["requests"], str(g["model"])))
+    series = _empty_series(where, bucket)
+    for b, requests, errors, cost, output in series_rows:
+        point = series[min(max(int(b), 0), len(series) - 1)]
+        # int()/float(): drivers may hand back Decimal for sums.
+        point["requests"] += int(requests)
+        point["errors"] += int(errors)
+        point["cost_usd"] = round(point["cost_usd"] + float(cost), 6)
+        point["output_tokens"] += int(output)
+    return {"window": _window(where, bucket), "totals": _clean(totals),
+            "by_account": by_account, "by_model": by_model, "series": series}
 
 
 def _clean(summary: dict[str, Any]) -> dict[str, Any]:
