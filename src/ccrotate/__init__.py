@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ccrotate._observe.logs_api import logs_app, logs_routes
     from ccrotate._observe.logstore import DuckDBLogStore, LogStore, MemoryLogStore
     from ccrotate._observe.metrics import MetricsApp, PrometheusMetrics
+    from ccrotate._observe.pgstore import PostgresLogStore
     from ccrotate._observe.pricing import ModelPrice, PricingTable
     from ccrotate._observe.status import StatusMount, status_app
     from ccrotate._pool.pool import (
@@ -125,6 +126,7 @@ _LAZY: dict[str, str] = {
     "OutgoingRequest": "ccrotate._upstream.providers",
     "PoolEvent": "ccrotate._pool.pool",
     "PoolView": "ccrotate._observe.health",
+    "PostgresLogStore": "ccrotate._observe.pgstore",
     "PricingTable": "ccrotate._observe.pricing",
     "PrometheusMetrics": "ccrotate._observe.metrics",
     "Provider": "ccrotate._upstream.providers",
@@ -206,6 +208,7 @@ __all__ = [
     "PoolError",
     "PoolEvent",
     "PoolView",
+    "PostgresLogStore",
     "PricingTable",
     "PrometheusMetrics",
     "Provider",

@@ -6,7 +6,8 @@ record to a bounded buffer. The log's background service (``run``, started by th
 app's lifespan) turns the buffered records into entries (a plain dict per request,
 cost included) and hands them in batches to its sinks: the standard ``logging``
 module as JSON lines (logger ``ccrotate.access``), and a store the query API reads
-(:class:`~ccrotate._observe.logstore.MemoryLogStore` by default, DuckDB when configured).
+(:class:`~ccrotate._observe.logstore.MemoryLogStore` by default, DuckDB or PostgreSQL when
+configured).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import collections
 import json
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -27,7 +28,7 @@ from ccrotate._observe.logstore import LogStore, MemoryLogStore
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._proxy.record import Failover, RequestRecord
 
-__all__ = ["AccessLog", "LogSink", "LoggingSink"]
+__all__ = ["AccessLog", "LogSink", "LoggingSink", "WriterSink"]
 
 log = logging.getLogger("ccrotate")
 
@@ -39,6 +40,15 @@ class LogSink(Protocol):
     async def write(self, entries: Sequence[Entry]) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class WriterSink(LogSink, Protocol):
+    """A sink whose ``write`` only buffers, with a writer task that :class:`AccessLog` runs."""
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None:
+        """Write buffered entries until cancelled or closed; ``task_status.started()`` first."""
+        ...
 
 
 class LoggingSink:
@@ -137,24 +147,30 @@ class AccessLog:
         """Open the sinks, then flush every ``flush_interval`` until cancelled (flushing once
         more on the way out)."""
         opened: list[LogSink] = []
-        try:
-            for sink in self.sinks:
-                await sink.open()
-                opened.append(sink)
-            task_status.started()
-            while True:
-                self._wake = anyio.Event()
-                with anyio.move_on_after(self.flush_interval):
-                    await self._wake.wait()
-                await self.flush()
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    if opened:
-                        await self.flush()
-                finally:
-                    for sink in opened:
-                        await sink.aclose()
+        # A sink with a writer task of its own (PostgresLogStore) runs it here, so that
+        # the task lives exactly as long as this service. Cancelling the service cancels
+        # the writers too; each sink's aclose() then writes what is left, bounded.
+        async with anyio.create_task_group() as writers:
+            try:
+                for sink in self.sinks:
+                    await sink.open()
+                    opened.append(sink)
+                    if isinstance(sink, WriterSink):
+                        await writers.start(sink.run)
+                task_status.started()
+                while True:
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(self.flush_interval):
+                        await self._wake.wait()
+                    await self.flush()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        if opened:
+                            await self.flush()
+                    finally:
+                        for sink in opened:
+                            await sink.aclose()
 
     async def flush(self) -> int:
         """Write every buffered record now; returns how many were written."""

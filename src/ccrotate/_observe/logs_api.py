@@ -1,7 +1,7 @@
 """The access-log query API: ``GET /logs/entries`` and ``GET /logs/analytics``.
 
-Both read a :class:`~ccrotate._observe.logstore.LogStore` (the memory ring or DuckDB)
-and take the same filters::
+Both read a :class:`~ccrotate._observe.logstore.LogStore` (the memory ring, DuckDB or
+PostgreSQL) and take the same filters::
 
     since, until   ISO 8601 ("2026-11-20T10:00:00Z"; no zone means UTC), epoch
                    seconds, or an age such as 30s, 15m, 2h, 7d (that long ago)
@@ -12,7 +12,7 @@ and take the same filters::
 ``/entries`` pages newest first with ``limit`` (1..1000, default 100) and either
 the ``cursor`` of the previous page or an ``offset``. ``/analytics`` summarises a
 window (default: the last hour) in time buckets of ``bucket`` seconds. A bad
-value gets a 400 naming the parameter.
+value gets a 400 naming the parameter; a store whose database is away, a 503.
 """
 
 from __future__ import annotations
@@ -144,6 +144,13 @@ def _bad(exc: BadParameter) -> Response:
                                              "parameter": exc.parameter}}, 400)
 
 
+def _unavailable() -> Response:
+    # A store whose database is away (PostgreSQL); the store logs which one, masked.
+    return _json({"type": "error", "error": {
+        "type": "api_error",
+        "message": "ccrotate logs: the access log database is unavailable; try again"}}, 503)
+
+
 def _auto_bucket(span: float) -> float:
     for seconds in _NICE_BUCKETS:
         if span / seconds <= 120:
@@ -183,7 +190,10 @@ def logs_routes(store: LogStore, *, prefix: str = "/logs",
                     raise BadParameter("cursor", "not a cursor from this API") from exc
         except BadParameter as exc:
             return _bad(exc)
-        page = await store.entries(where, limit=limit, cursor=cursor, offset=offset)
+        try:
+            page = await store.entries(where, limit=limit, cursor=cursor, offset=offset)
+        except ConnectionError:
+            return _unavailable()
         return _json({"entries": page.entries, "next_cursor": page.next_cursor,
                       "limit": limit})
 
@@ -205,7 +215,10 @@ def logs_routes(store: LogStore, *, prefix: str = "/logs",
             return _bad(exc)
         window = LogFilter(since=since, until=until, accounts=where.accounts,
                            models=where.models, statuses=where.statuses)
-        return _json(await store.analytics(window, bucket=bucket))
+        try:
+            return _json(await store.analytics(window, bucket=bucket))
+        except ConnectionError:
+            return _unavailable()
 
     return [Route(f"{prefix}/entries", entries, methods=["GET"]),
             Route(f"{prefix}/analytics", analytics, methods=["GET"])]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -32,6 +32,9 @@ from ccrotate._pool.state import AccountState, Event
 from ccrotate._pool.taxonomy import Reason
 from ccrotate._proxy.record import Failover, RequestRecord
 from ccrotate._wire import MODEL_ID_SHAPE
+
+if TYPE_CHECKING:
+    from ccrotate._observe.accesslog import AccessLog
 
 __all__ = ["MetricsApp", "PrometheusMetrics"]
 
@@ -140,6 +143,7 @@ class PrometheusMetrics:
         self._outcomes = _Bounded(16, _OUTCOME_SHAPE)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._pools: list[AccountPool] = []
+        self._access_logs: list[AccessLog] = []
         ns, reg = namespace, self.registry
 
         def counter(name: str, doc: str, *labels: str) -> Any:
@@ -190,6 +194,13 @@ class PrometheusMetrics:
         if pool not in self._pools:
             self._pools.append(pool)
             pool.add_listener(self.on_pool_event)
+
+    def attach_access_log(self, access_log: AccessLog) -> None:
+        """Report the records ``access_log`` lost, and what its store still has to write,
+        read at scrape time (``ccrotate_access_log_dropped_total``,
+        ``ccrotate_access_log_store_buffered``)."""
+        if access_log not in self._access_logs:
+            self._access_logs.append(access_log)
 
     @property
     def app(self) -> MetricsApp:
@@ -296,7 +307,24 @@ class _PoolCollector:
                                labels=["account"]),
             "expires": gauge(f"{ns}_account_token_expires_in_seconds", "Seconds until an "
                              "OAuth account's access token expires.", labels=["account"]),
+            "log_dropped": counter(f"{ns}_access_log_dropped", "Access-log records lost: "
+                                   "stage=buffer (the log's own buffer was full), store (the "
+                                   "store's buffer was full or its database refused them).",
+                                   labels=["stage"]),
+            "log_buffered": gauge(f"{ns}_access_log_store_buffered", "Access-log entries "
+                                  "waiting for the store's database (grows while it is away)."),
         }
+
+    def _collect_access_logs(self, fam: dict[str, Any]) -> None:
+        logs = self._metrics._access_logs
+        if not logs:
+            return
+        # Stores without a buffer of their own (memory, DuckDB) lose nothing there.
+        fam["log_dropped"].add_metric(["buffer"], float(sum(a.dropped for a in logs)))
+        fam["log_dropped"].add_metric(["store"], float(sum(
+            getattr(a.store, "dropped", 0) for a in logs)))
+        fam["log_buffered"].add_metric([], float(sum(
+            getattr(a.store, "buffered", 0) for a in logs)))
 
     def describe(self) -> Iterator[Any]:
         yield from self._families().values()
@@ -327,6 +355,7 @@ class _PoolCollector:
                             fam["quota"].add_metric([st.name, window], quota.utilization)
         for outcome, count in affinity.items():
             fam["affinity"].add_metric([outcome], float(count))
+        self._collect_access_logs(fam)
         yield from fam.values()
 
 

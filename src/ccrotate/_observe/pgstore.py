@@ -17,6 +17,7 @@ table's key is ``(ts, request_id)``, the cursor key, and duplicates are ignored.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
 import re
@@ -33,8 +34,8 @@ from ccrotate._observe.entries import COLUMNS, Entry, LogFilter, iso_time
 from ccrotate._observe.logstore import (
     TOKEN_KINDS,
     LogPage,
-    decode_cursor,
     _where_sql,
+    decode_cursor,
     encode_cursor,
     sql_analytics,
 )
@@ -285,11 +286,9 @@ class PostgresLogStore:
         if self._wake is not None:
             self._wake.set()
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self.drain_timeout):
-                try:
-                    await self.flush()
-                except ConnectionError:
-                    pass
+            # The database being away is already logged; what is left is counted below.
+            with anyio.move_on_after(self.drain_timeout), contextlib.suppress(ConnectionError):
+                await self.flush()
             if self._buffer:
                 self.dropped += len(self._buffer)
                 self._buffer.clear()

@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from ccrotate._checks import masked_url
 from ccrotate._exceptions import ConfigError
 from ccrotate._pool.strategy import STRATEGIES as _STRATEGY_CLASSES
 
@@ -225,6 +226,22 @@ def _origins(raw: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(cast("list[str]", origins)))
 
 
+def _database_url(raw: object) -> str | None:
+    # "" means "none", so an env var can switch off the config file's. The value is never
+    # quoted back (the field is secret): it may hold a password.
+    if raw is None or raw == "":
+        return None
+    url = raw.strip() if isinstance(raw, str) else ""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("postgresql", "postgres") and parts.port != 0
+    except ValueError:  # a bad port or bracketed host
+        ok = False
+    if not ok:
+        raise ValueError("a postgresql:// URL, such as postgresql://user:password@db/ccrotate")
+    return url
+
+
 def _pick(raw: object, options: tuple[str, ...]) -> str:
     if isinstance(raw, str) and raw.strip().lower() in options:
         return raw.strip().lower()
@@ -357,6 +374,9 @@ FIELDS: tuple[FieldSpec, ...] = (
           lambda raw: None if raw is None or raw == "" else _path(raw),
           "DuckDB file for the access log; unset: JSON lines on the ccrotate.access logger "
           "and the last 10,000 entries in memory."),
+    _spec("access_log_url", "CCROTATE_ACCESS_LOG_URL", "logging.postgres_url", _database_url,
+          "PostgreSQL URL for an access log that several replicas share (not with "
+          "access_log_path); its password is never shown.", secret=True),
     _spec("pricing_path", "CCROTATE_PRICING_PATH", "logging.pricing_path",
           lambda raw: None if raw is None or raw == "" else _path(raw),
           "Pricing table (JSON) for cost estimates; unset: the one shipped with ccrotate."),
@@ -376,6 +396,8 @@ def _parse(spec: FieldSpec, raw: object, where: str) -> object:
 def _mask(value: object) -> object:
     if isinstance(value, tuple):
         return tuple(map(_mask, cast("tuple[object, ...]", value)))
+    if isinstance(value, str) and "://" in value:  # a URL: only its password is hidden
+        return masked_url(value)
     if isinstance(value, str):  # the last 4 tell tokens apart; of a short one they say too much
         return "…" + value[-4:] if len(value) >= 16 else "<set>"
     return value
@@ -429,6 +451,7 @@ class Settings:
                                              hash=False)
     log_level: str = "info"
     access_log_path: Path | None = None
+    access_log_url: str | None = None
     pricing_path: Path | None = None
     # Where each value came from; see source_of(). Not part of equality.
     sources: Mapping[str, str] = field(default_factory=dict[str, str], compare=False)
@@ -442,6 +465,11 @@ class Settings:
             default = spec.parse(_DEFAULTS[spec.name])
             sources[spec.name] = given.get(spec.name) or ("default" if value == default else "code")
         object.__setattr__(self, "sources", MappingProxyType(sources))
+        if self.access_log_path is not None and self.access_log_url is not None:
+            raise ConfigError(
+                f"access_log_path ({sources['access_log_path']}) and access_log_url "
+                f"({sources['access_log_url']}) both choose the access-log store: set one, "
+                "DuckDB for one server or PostgreSQL for several")
 
     def source_of(self, name: str) -> str:
         """Where setting ``name`` came from: "command line", "environment", ".env",

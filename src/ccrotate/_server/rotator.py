@@ -29,7 +29,8 @@ from ccrotate._observe.accesslog import AccessLog
 from ccrotate._observe.dashboard import dashboard_endpoint, either
 from ccrotate._observe.health import health_endpoint
 from ccrotate._observe.logs_api import ReadGuard, logs_app
-from ccrotate._observe.logstore import open_store
+from ccrotate._observe.logstore import LogStore, open_store
+from ccrotate._observe.pgstore import PostgresLogStore
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._observe.status import ForceRefresher, StatusMount, status_app, status_auth
 from ccrotate._pool.pool import AccountPool
@@ -133,9 +134,10 @@ class Rotator:
         if settings.hot_reload and accounts_file is not None:
             self.watcher = AccountsWatcher(pool, accounts_file, refresher=self.refresher)
         self.pricing = PricingTable.load(settings.pricing_path)
-        self.access_log = AccessLog(store=open_store(settings.access_log_path),
-                                    pricing=self.pricing)
+        self.access_log = AccessLog(store=_log_store(settings), pricing=self.pricing)
         self.metrics: PrometheusMetrics | None = _metrics(pool, self.pricing, self.refresher)
+        if self.metrics is not None:
+            self.metrics.attach_access_log(self.access_log)
         observers: list[Observer] = [self.access_log]
         if self.metrics is not None:
             observers.append(self.metrics)
@@ -239,6 +241,13 @@ class Rotator:
         # Entered and left in the host's one lifespan task, as anyio's task group needs.
         async with self:
             yield
+
+
+def _log_store(settings: Settings) -> LogStore:
+    # PostgreSQL when several replicas share the log, DuckDB for one server, else memory.
+    if settings.access_log_url is not None:
+        return PostgresLogStore(settings.access_log_url)
+    return open_store(settings.access_log_path)
 
 
 def _metrics(pool: AccountPool, pricing: PricingTable,
