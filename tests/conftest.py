@@ -274,3 +274,37 @@ def _sample(name: str) -> Path:
 
 CLAUDE_CODE_SAMPLE = _sample("claude-code-2.1.197-request.json")
 """A real Claude Code 2.1.197 request, captured (../shared/samples)."""
+
+
+# -- PostgreSQL (the shared access log) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (skips when the binaries are missing)."""
+    pytest.importorskip("psycopg")
+    from pgserver import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    """The URL of a fresh, empty database on the session's server (one per test)."""
+    import uuid
+
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url: str = postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    return url

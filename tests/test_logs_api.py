@@ -1,4 +1,5 @@
-"""The query API: filters, pagination, analytics and 400s, on the memory ring and on DuckDB."""
+"""The query API: filters, pagination, analytics and 400s, on every store: the memory ring,
+DuckDB and PostgreSQL (the same answers from each)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ccrotate import RequestRecord
 from ccrotate._observe.entries import entry_from_record
 from ccrotate._observe.logs_api import ReadGuard, logs_app
 from ccrotate._observe.logstore import DuckDBLogStore, MemoryLogStore
+from ccrotate._observe.pgstore import PostgresLogStore
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._proxy.auth import ClientAuth
 from ccrotate._proxy.record import Failover
@@ -45,11 +47,13 @@ def make_entries() -> list[dict[str, Any]]:
 ENTRIES = make_entries()
 
 
-@pytest.fixture(params=["memory", "duckdb"])
+@pytest.fixture(params=["memory", "duckdb", "postgres"])
 async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
     if request.param == "duckdb":
         pytest.importorskip("duckdb")
         store: Any = DuckDBLogStore(":memory:")
+    elif request.param == "postgres":
+        store = PostgresLogStore(request.getfixturevalue("postgres_url"))
     else:
         store = MemoryLogStore()
     await store.open()
