@@ -279,3 +279,35 @@ def test_without_psycopg_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(ConfigError, match=r"ccrotate\[postgres\]"):
         Rotator(Settings(access_log_url="postgresql://db/x"), pool=AccountPool())
+
+
+def test_the_documented_queries_run(postgres_url: str) -> None:
+    """The SQL examples of docs/observability.md's PostgreSQL section run on the real table."""
+    import re
+    from pathlib import Path
+
+    import psycopg
+
+    anyio.run(_filled, postgres_url)
+    doc = (Path(__file__).parents[1] / "docs/observability.md").read_text(encoding="utf-8")
+    section = doc.split("### PostgreSQL: several servers, one log", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
+    statements = [q.strip() for block in blocks for q in block.split(";") if q.strip()]
+    statements.append(re.findall(r"`(DELETE FROM access_log[^`]*)`", section)[0])
+    assert len(statements) == 3
+    with psycopg.connect(postgres_url) as conn:
+        results = [conn.execute(q).fetchall() if q.startswith(("SELECT", "--"))
+                   else conn.execute(q).rowcount for q in statements]
+    assert results[0][0][2] == 2  # two requests by account a that day
+    assert ("b", "rate_limited", 1) in results[1]
+
+
+async def _filled(url: str) -> None:
+    from ccrotate._observe.entries import entry_from_record
+    from ccrotate._proxy.record import Failover
+
+    store = PostgresLogStore(url)
+    await store.open()
+    await store.write([entry_from_record(record(1, failovers=[
+        Failover("b", "rate_limited", 429)]), None), _entry(2)])
+    await store.aclose()
