@@ -5,12 +5,14 @@ ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
 # --- build: a venv with ccrotate[server], no compilers or caches carried over --------
 FROM ${PYTHON_IMAGE} AS build
+# More extras for replicas: --build-arg CCROTATE_EXTRAS=server,postgres,redis
+ARG CCROTATE_EXTRAS=server
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python -m venv /opt/ccrotate \
- && /opt/ccrotate/bin/pip install ".[server]"
+ && /opt/ccrotate/bin/pip install ".[${CCROTATE_EXTRAS}]"
 
 # --- runtime: the venv, a non-root user, the accounts volume -------------------------
 FROM ${PYTHON_IMAGE}
