@@ -131,8 +131,8 @@ def running_nginx(replica_urls: list[str]) -> Iterator[str]:
                         f"    proxy_temp_path {prefix}/proxy;", 1)
     (prefix / "nginx.conf").write_text(text)
     process = subprocess.Popen(
-        [nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-         "-g", f"daemon off; pid {prefix}/nginx.pid;"],
+        [nginx, "-e", str(prefix / "error.log"), "-p", str(prefix),
+         "-c", str(prefix / "nginx.conf"), "-g", f"daemon off; pid {prefix}/nginx.pid;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
