@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,11 +144,20 @@ def _bad(exc: BadParameter) -> Response:
                                              "parameter": exc.parameter}}, 400)
 
 
-def _unavailable() -> Response:
-    # A store whose database is away (PostgreSQL); the store logs which one, masked.
-    return _json({"type": "error", "error": {
-        "type": "api_error",
-        "message": "ccrotate logs: the access log database is unavailable; try again"}}, 503)
+async def _answer(result: Awaitable[Any]) -> Response:
+    try:
+        return _json(await result)
+    except ConnectionError:  # a store whose database is away; the store logs which one
+        return _json({"type": "error", "error": {
+            "type": "api_error",
+            "message": "ccrotate logs: the access log database is unavailable; try again"}},
+            503)
+
+
+async def _page(store: LogStore, where: LogFilter, limit: int, cursor: str | None,
+                offset: int) -> dict[str, Any]:
+    page = await store.entries(where, limit=limit, cursor=cursor, offset=offset)
+    return {"entries": page.entries, "next_cursor": page.next_cursor, "limit": limit}
 
 
 def _auto_bucket(span: float) -> float:
@@ -190,12 +199,7 @@ def logs_routes(store: LogStore, *, prefix: str = "/logs",
                     raise BadParameter("cursor", "not a cursor from this API") from exc
         except BadParameter as exc:
             return _bad(exc)
-        try:
-            page = await store.entries(where, limit=limit, cursor=cursor, offset=offset)
-        except ConnectionError:
-            return _unavailable()
-        return _json({"entries": page.entries, "next_cursor": page.next_cursor,
-                      "limit": limit})
+        return await _answer(_page(store, where, limit, cursor, offset))
 
     async def analytics(request: Request) -> Response:
         now = clock()
@@ -215,10 +219,7 @@ def logs_routes(store: LogStore, *, prefix: str = "/logs",
             return _bad(exc)
         window = LogFilter(since=since, until=until, accounts=where.accounts,
                            models=where.models, statuses=where.statuses)
-        try:
-            return _json(await store.analytics(window, bucket=bucket))
-        except ConnectionError:
-            return _unavailable()
+        return await _answer(store.analytics(window, bucket=bucket))
 
     return [Route(f"{prefix}/entries", entries, methods=["GET"]),
             Route(f"{prefix}/analytics", analytics, methods=["GET"])]

@@ -156,6 +156,7 @@ class PostgresLogStore:
         self.written = 0
         """Entries this store has inserted."""
         self._buffer: collections.deque[Entry] = collections.deque()
+        self._in_flight = 0
         self._conn: Any = None
         self._connect_lock = anyio.Lock()
         self._write_lock = anyio.Lock()
@@ -175,8 +176,8 @@ class PostgresLogStore:
 
     @property
     def buffered(self) -> int:
-        """Entries waiting to be written."""
-        return len(self._buffer)
+        """Entries waiting to be written (the batch being inserted included)."""
+        return len(self._buffer) + self._in_flight
 
     @property
     def connected(self) -> bool:
@@ -310,6 +311,7 @@ class PostgresLogStore:
             batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
             if not batch:
                 return True
+            self._in_flight = len(batch)
             try:
                 conn = await self._connection()
                 await conn.execute(self._insert_sql, _row_arrays(batch))
@@ -329,12 +331,15 @@ class PostgresLogStore:
                 self._requeue(batch)
                 await self._disconnect()
                 raise
+            finally:
+                self._in_flight = 0
             self.written += len(batch)
             return True
 
     def _requeue(self, batch: list[Entry]) -> None:
         # Back to the front, oldest first; if new entries filled the buffer meanwhile,
         # the oldest of the batch are the ones dropped, as write() would have.
+        self._in_flight = 0
         lost = max(0, len(batch) - (self.max_buffer - len(self._buffer)))
         self.dropped += lost
         self._buffer.extendleft(reversed(batch[lost:]))
