@@ -8,7 +8,8 @@ and ``docs/configuration.md`` derive from data rather than from a chain of ifs.
 
 Every value goes through the same parser whichever layer gave it; a bad one raises
 :class:`~ccrotate._exceptions.ConfigError` naming the setting and where it came from.
-Secret values (auth and admin tokens) never appear in a repr or in an error message.
+Secret values (auth and admin tokens, the database URL's password) never appear in a repr
+or in an error message.
 """
 
 from __future__ import annotations
