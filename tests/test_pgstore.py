@@ -92,6 +92,19 @@ def _entry(i: int) -> dict[str, Any]:
     return entry_from_record(record(i), None)
 
 
+async def test_replicas_starting_together_create_the_table_once(postgres_url: str) -> None:
+    """Several stores opening at once on an empty database all start (the DDL is serialised)."""
+    stores = [PostgresLogStore(postgres_url) for _ in range(4)]
+    async with anyio.create_task_group() as tg:
+        for store in stores:
+            tg.start_soon(store.open)
+    assert all(store.connected for store in stores)
+    for i, store in enumerate(stores):
+        await store.write([_entry(i)])
+        await store.aclose()
+    assert rows(postgres_url, "SELECT count(*) FROM access_log") == [(4,)]
+
+
 # -- two replicas, one log -------------------------------------------------------------------
 
 

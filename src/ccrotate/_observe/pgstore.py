@@ -60,6 +60,7 @@ _READ = tuple(c for c in COLUMNS if c != "time")
 # The array type each column is sent as (one INSERT ... unnest() per batch: one round trip).
 _ARRAY = {c: t.split(" COLLATE")[0].removesuffix(" NOT NULL") + "[]" for c, t in _TYPES.items()}
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SCHEMA_LOCK = 0x63_63_72_6F_74_61_74_65  # "ccrotate": the advisory lock around the DDL
 _SUMMARY = f"""
     count(*), count(*) FILTER (WHERE error), count(*) FILTER (WHERE client_disconnected),
     coalesce(sum(failover_count), 0)::bigint,
@@ -124,12 +125,14 @@ class PostgresLogStore:
         retry_base: first pause in seconds after a failed write; it doubles per failure.
         retry_cap: longest pause between reconnect attempts.
         drain_timeout: seconds :meth:`aclose` spends writing what is still buffered.
+        query_timeout: seconds an INSERT or a query may take before the connection is
+            given up as hung (a write is then retried).
     """
 
     def __init__(self, url: str, *, table: str = "access_log", max_buffer: int = 50_000,
                  batch_size: int = 1000, connect_timeout: float = 5.0,
                  retry_base: float = 0.5, retry_cap: float = 30.0,
-                 drain_timeout: float = 5.0) -> None:
+                 drain_timeout: float = 5.0, query_timeout: float = 30.0) -> None:
         if not isinstance(url, str) or not _is_pg_url(url):
             # The value is not quoted: it may hold a password.
             raise ConfigError("PostgresLogStore.url: must be a postgresql:// URL")
@@ -143,6 +146,7 @@ class PostgresLogStore:
         self.retry_cap = max(positive("PostgresLogStore", "retry_cap", retry_cap),
                              self.retry_base)
         self.drain_timeout = positive("PostgresLogStore", "drain_timeout", drain_timeout)
+        self.query_timeout = positive("PostgresLogStore", "query_timeout", query_timeout)
         try:
             import psycopg  # noqa: F401
         except ImportError as exc:
@@ -201,8 +205,12 @@ class PostgresLogStore:
                     self._url, autocommit=True, connect_timeout=max(2, round(
                         self.connect_timeout)), application_name="ccrotate")
             try:
-                for statement in _schema(self.table):
-                    await conn.execute(statement)
+                # Replicas starting together would race on CREATE TABLE IF NOT EXISTS
+                # (PostgreSQL can then fail one with a duplicate pg_type row): one at a time.
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
+                    for statement in _schema(self.table):
+                        await conn.execute(statement)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
@@ -314,7 +322,8 @@ class PostgresLogStore:
             self._in_flight = len(batch)
             try:
                 conn = await self._connection()
-                await conn.execute(self._insert_sql, _row_arrays(batch))
+                with anyio.fail_after(self.query_timeout):
+                    await conn.execute(self._insert_sql, _row_arrays(batch))
             except Exception as exc:
                 if not _is_outage(exc):
                     self.dropped += len(batch)
@@ -358,8 +367,9 @@ class PostgresLogStore:
         await self.flush()
         try:
             conn = await self._connection()
-            cursor = await conn.execute(sql, params)
-            rows: list[tuple[Any, ...]] = await cursor.fetchall()
+            with anyio.fail_after(self.query_timeout):
+                cursor = await conn.execute(sql, params)
+                rows: list[tuple[Any, ...]] = await cursor.fetchall()
         except Exception as exc:
             if not _is_outage(exc):
                 raise
