@@ -116,7 +116,8 @@ class PostgresLogStore:
     it). Reads answer from the database after writing this server's buffered entries.
 
     Parameters:
-        url: a ``postgresql://`` URL (or libpq conninfo); its password is never shown.
+        url: a ``postgresql://`` URL (libpq's format: ``?sslmode=require`` and other
+            parameters pass through); its password is never shown.
         table: the table name.
         max_buffer: entries kept while the database is slow or away; beyond, the oldest
             are dropped and counted in :attr:`dropped`.
@@ -171,7 +172,7 @@ class PostgresLogStore:
 
     def __repr__(self) -> str:
         return (f"<PostgresLogStore {self.url!r} table={self.table} "
-                f"buffered={len(self._buffer)} dropped={self.dropped}>")
+                f"buffered={self.buffered} dropped={self.dropped}>")
 
     @property
     def url(self) -> str:
@@ -218,7 +219,7 @@ class PostgresLogStore:
             self._conn = conn
             if self._outage:
                 self._outage = False
-                log.warning("ccrotate: access log database %s is back; writing %d buffered "
+                log.info("ccrotate: access log database %s is back; writing %d buffered "
                             "entries", self.url, len(self._buffer))
             return conn
 
