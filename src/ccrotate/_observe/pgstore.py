@@ -220,7 +220,7 @@ class PostgresLogStore:
             if self._outage:
                 self._outage = False
                 log.info("ccrotate: access log database %s is back; writing %d buffered "
-                            "entries", self.url, len(self._buffer))
+                     "entries", self.url, len(self._buffer))
             return conn
 
     async def _disconnect(self) -> None:
