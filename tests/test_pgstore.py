@@ -213,6 +213,31 @@ async def test_an_outage_buffers_bounded_counts_drops_and_flushes_on_return(
     assert [list(e) for e in page] == [list(COLUMNS)] * 6
 
 
+async def test_a_stalled_database_holds_up_no_request(postgres_url: str,
+                                                     proxy_server: Stack) -> None:
+    """With the table locked by another session, inserts hang: requests still answer, their
+    entries wait in the store, and are written once the lock goes."""
+    import psycopg
+
+    store = PostgresLogStore(postgres_url)
+    access = AccessLog(store=store, sinks=[], flush_interval=0.02)
+    proxy_server.proxy.observers.append(access)
+    body = {"model": MODEL, "max_tokens": 8, "messages": HELLO}
+    async with (anyio.create_task_group() as tg,
+                httpx.AsyncClient(base_url=proxy_server.url, timeout=10) as client):
+        await tg.start(access.run)
+        with psycopg.connect(postgres_url) as locker:
+            locker.execute("LOCK TABLE access_log IN ACCESS EXCLUSIVE MODE")  # until commit
+            for _ in range(5):
+                assert (await client.post("/v1/messages", json=body)).status_code == 200
+            await wait_until(lambda: store.buffered == 5, "5 entries waiting")
+            assert store.written == 0
+        # Leaving the block commits, which releases the lock.
+        await wait_until(lambda: store.written == 5, "written once the lock went")
+        assert (store.buffered, store.dropped) == (0, 0)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_database_away_at_start_is_retried_and_counted_at_close(
         caplog: pytest.LogCaptureFixture) -> None:
     """open() does not fail while the database is unreachable; aclose() counts what never
