@@ -31,6 +31,7 @@ from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
 from ccrotate._pool.taxonomy import Reason
 from ccrotate._proxy.record import Failover, RequestRecord
+from ccrotate._state.backend import StateBackend
 from ccrotate._wire import MODEL_ID_SHAPE
 
 __all__ = ["MetricsApp", "PrometheusMetrics"]
@@ -140,6 +141,7 @@ class PrometheusMetrics:
         self._outcomes = _Bounded(16, _OUTCOME_SHAPE)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._pools: list[AccountPool] = []
+        self._states: list[StateBackend] = []
         ns, reg = namespace, self.registry
 
         def counter(name: str, doc: str, *labels: str) -> Any:
@@ -190,6 +192,11 @@ class PrometheusMetrics:
         if pool not in self._pools:
             self._pools.append(pool)
             pool.add_listener(self.on_pool_event)
+
+    def attach_state(self, backend: StateBackend) -> None:
+        """Report on a shared state backend: its errors and whether it is degraded."""
+        if backend not in self._states:
+            self._states.append(backend)
 
     @property
     def app(self) -> MetricsApp:
@@ -250,7 +257,10 @@ class PrometheusMetrics:
 
     def on_pool_event(self, event: PoolEvent) -> None:
         """Pool listener: count a cooldown when an account starts cooling."""
-        if (event.event is Event.RATE_LIMITED and event.after is AccountState.RATE_LIMITED
+        # Another replica's cooldown is that replica's to count: summed over replicas,
+        # the counter stays the number of cooldowns.
+        if (not event.remote and event.event is Event.RATE_LIMITED
+                and event.after is AccountState.RATE_LIMITED
                 and event.before is not AccountState.RATE_LIMITED):
             self._child(self.cooldowns, event.account).inc()
 
@@ -296,6 +306,12 @@ class _PoolCollector:
                                labels=["account"]),
             "expires": gauge(f"{ns}_account_token_expires_in_seconds", "Seconds until an "
                              "OAuth account's access token expires.", labels=["account"]),
+            "state_errors": counter(f"{ns}_state_backend_errors", "Calls to the shared state "
+                                    "store that failed (timeouts, refused connections).",
+                                    labels=["backend"]),
+            "state_degraded": gauge(f"{ns}_state_backend_degraded", "1 while the shared state "
+                                    "store is unreachable (each replica decides alone).",
+                                    labels=["backend"]),
         }
 
     def describe(self) -> Iterator[Any]:
@@ -327,6 +343,10 @@ class _PoolCollector:
                             fam["quota"].add_metric([st.name, window], quota.utilization)
         for outcome, count in affinity.items():
             fam["affinity"].add_metric([outcome], float(count))
+        for backend in self._metrics._states:
+            health = backend.health()
+            fam["state_errors"].add_metric([health.kind], float(health.errors))
+            fam["state_degraded"].add_metric([health.kind], 1.0 if health.degraded else 0.0)
         yield from fam.values()
 
 
