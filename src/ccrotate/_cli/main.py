@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-hosts", dest="allowed_hosts", metavar="NAMES",
                        help="comma-separated host names the server answers to besides "
                        "localhost and the bound address (e.g. its name behind a reverse proxy)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="server processes (default 1); more need a shared state store "
+                       "(CCROTATE_STATE_URL)")
 
     demo = sub.add_parser("demo", help="run the proxy in front of a fake upstream with three "
                           "demo accounts, show rotation and failover, then keep serving")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, ClassVar
 
@@ -187,10 +188,32 @@ def guarded_protocol(*, header_timeout: float,
     Pass the result as uvicorn's ``http=``. ``header_timeout`` is in seconds;
     ``max_connections=None`` leaves the number of connections unbounded.
     """
+    # Named by its parameters and findable under that name (module __getattr__), so
+    # `serve --workers N` can pickle uvicorn's config, class and all, to its workers.
+    millis = max(1, round(header_timeout * 1000))
+    name = f"GuardedHttpToolsProtocol_{millis}_{max_connections or 0}"
+    made = _MADE.get(name)
+    if made is not None:
+        return made
     attrs: dict[str, Any] = {
-        "header_timeout": header_timeout, "max_connections": max_connections,
+        "__module__": __name__, "__qualname__": name,
+        "header_timeout": millis / 1000, "max_connections": max_connections,
         "served": set(), "lingering": set(), "sweeper": None,
         # A deadline acts up to one sweep late: at most a quarter of it, or a second.
         "sweep_every": max(0.05, min(1.0, header_timeout / 4)),
     }
-    return type("GuardedHttpToolsProtocol", (_GuardedProtocol,), attrs)
+    made = _MADE[name] = type(name, (_GuardedProtocol,), attrs)
+    return made
+
+
+_MADE: dict[str, type[HttpToolsProtocol]] = {}
+_NAME = re.compile(r"GuardedHttpToolsProtocol_(\d+)_(\d+)")
+
+
+def __getattr__(name: str) -> type[HttpToolsProtocol]:
+    # A worker process unpickling uvicorn's config finds the class by its name.
+    match = _NAME.fullmatch(name)
+    if match is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return guarded_protocol(header_timeout=int(match[1]) / 1000,
+                            max_connections=int(match[2]) or None)
