@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from anthropic.types import MessageParam
 
+from _redis import RedisServer
 from ccrotate import (
     Account,
     AccountKind,
@@ -274,3 +275,14 @@ def _sample(name: str) -> Path:
 
 CLAUDE_CODE_SAMPLE = _sample("claude-code-2.1.197-request.json")
 """A real Claude Code 2.1.197 request, captured (../shared/samples)."""
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, killed after the test (skips without one)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

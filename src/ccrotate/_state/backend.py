@@ -168,8 +168,13 @@ class StateBackend(Protocol):
         """Release ``key`` if ``token`` still holds it (compare-and-delete)."""
         ...
 
-    def listen(self) -> AsyncGenerator[Change, None]:
-        """Changes announced by any replica, until the connection is lost."""
+    def listen(self, ready: Callable[[], object] | None = None
+               ) -> AsyncGenerator[Change, None]:
+        """Changes announced by any replica, until the connection is lost.
+
+        ``ready()`` is called once the subscription is in place: announcements made
+        from then on are not missed.
+        """
         ...
 
 
@@ -296,9 +301,12 @@ class MemoryStateBackend:
         del self._locks[key]
         return True
 
-    async def listen(self) -> AsyncGenerator[Change, None]:
+    async def listen(self, ready: Callable[[], object] | None = None
+                     ) -> AsyncGenerator[Change, None]:
         send, receive = anyio.create_memory_object_stream[Change](1024)
         self._listeners.add(send)
+        if ready is not None:
+            ready()
         try:
             async with receive:
                 async for change in receive:

@@ -305,13 +305,16 @@ class RedisStateBackend:
 
     # -- announcements -------------------------------------------------------------------
 
-    async def listen(self) -> AsyncGenerator[Change, None]:
+    async def listen(self, ready: Callable[[], object] | None = None
+                     ) -> AsyncGenerator[Change, None]:
         if self._degraded or self._listener is None:
             return
         pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
         try:
             with anyio.fail_after(self.timeout * 2):
                 await pubsub.subscribe(self._key("events"))
+            if ready is not None:
+                ready()
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":

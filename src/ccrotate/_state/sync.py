@@ -77,6 +77,7 @@ class StateSync:
         self._batch = Batch()
         self._pending = 0
         self._wake = anyio.Event()
+        self._listening = anyio.Event()
         self._version: int | None = None
         self._quota_seen: dict[str, float] = {}
         self._capped: tuple[list[str], list[str]] = ([], [])
@@ -215,6 +216,9 @@ class StateSync:
                 tg.start_soon(self._subscriber)
                 tg.start_soon(self._prober)
                 tg.start_soon(self._quota_exchange)
+                # Started once announcements are heard (or the store is found away).
+                with anyio.move_on_after(self._probe_cap):
+                    await self._listening.wait()
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
@@ -236,9 +240,11 @@ class StateSync:
     async def _subscriber(self) -> None:
         while True:
             if not self.backend.health().degraded:
-                async with contextlib.aclosing(self.backend.listen()) as changes:
+                async with contextlib.aclosing(self.backend.listen(self._listening.set)
+                                               ) as changes:
                     async for change in changes:
                         await self._announced(change)
+            self._listening.set()  # not listening after all: nothing to wait for at start
             # The subscription ended: the store went away. The prober brings it back.
             await anyio.sleep(self._probe)
 
