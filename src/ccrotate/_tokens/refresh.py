@@ -413,9 +413,9 @@ class TokenRefresher:
         try:
             if token is not None:
                 # Taken: a replica that held it before us may have renewed them already.
-                adopted = await self.adopt_shared(name)
-                if adopted is not None:
-                    return adopted
+                fresher = await self._fresher(name, seen)
+                if fresher is not None:
+                    return fresher
             new = await self._renew_here(name, seen=seen, reason=reason)
             if new.oauth is not None:
                 await state.share_tokens(name, new.oauth, replica="")
@@ -436,9 +436,9 @@ class TokenRefresher:
             token = await state.lock(key, self._lock_ttl)
             if token is not None or state.health().degraded:
                 return token
-            adopted = await self.adopt_shared(name)
-            if adopted is not None:
-                return adopted
+            fresher = await self._fresher(name, seen)
+            if fresher is not None:
+                return fresher
             if anyio.current_time() >= deadline:
                 log.warning("account %r: another replica held the refresh lock for %.0fs; "
                             "refreshing under the accounts file's lock only", name,
@@ -446,6 +446,17 @@ class TokenRefresher:
                 return None
             await anyio.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+    async def _fresher(self, name: str, seen: Account) -> Account | None:
+        # Tokens newer than the ones the caller set out to renew: shared by another replica
+        # (adopted now, or already by the subscriber while we waited for the lock).
+        adopted = await self.adopt_shared(name)
+        if adopted is not None:
+            return adopted
+        current = self.pool.account(name)
+        if current.access_token != seen.access_token and self._left(current) > self.margin:
+            return current
+        return None
 
     async def adopt_shared(self, name: str) -> Account | None:
         """Use the tokens another replica shared for ``name`` if they are newer than ours.
