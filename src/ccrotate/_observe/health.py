@@ -64,6 +64,8 @@ class StateView(msgspec.Struct, rename="camel", kw_only=True):
     errors: int
     last_error: str | None = None
     degraded_since: datetime | None = None
+    calls: int = 0
+    """Round trips made to the store (a pipeline counts once)."""
 
 
 def state_view(backend: StateBackend | None) -> StateView | None:
@@ -73,7 +75,7 @@ def state_view(backend: StateBackend | None) -> StateView | None:
     h = backend.health()
     return StateView(backend=h.kind, target=h.target, shared=h.shared, degraded=h.degraded,
                      errors=h.errors, last_error=h.last_error,
-                     degraded_since=_time(h.degraded_since))
+                     degraded_since=_time(h.degraded_since), calls=h.calls)
 
 
 class HealthView(msgspec.Struct, rename="camel", kw_only=True):

@@ -103,6 +103,8 @@ class BackendHealth:
     """Calls that failed (timeouts, refused connections) since start."""
     last_error: str | None = None
     degraded_since: float | None = None
+    calls: int = 0
+    """Round trips made to the store since start (a pipeline counts once)."""
 
 
 @runtime_checkable

@@ -117,6 +117,7 @@ class RedisStateBackend:
         self._degraded = False
         self._since: float | None = None
         self._errors = 0
+        self._calls = 0
         self._last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -128,7 +129,7 @@ class RedisStateBackend:
     def health(self) -> BackendHealth:
         return BackendHealth("redis", self.target, shared=True, degraded=self._degraded,
                              errors=self._errors, last_error=self._last_error,
-                             degraded_since=self._since)
+                             degraded_since=self._since, calls=self._calls)
 
     # -- connection --------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class RedisStateBackend:
         # timeout), bounded, and any failure turns into the default and a degraded backend.
         if self._degraded or self._client is None:
             return default
+        self._calls += 1
         try:
             with anyio.fail_after(self.timeout * 2):
                 return await op(self._client)
