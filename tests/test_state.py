@@ -71,7 +71,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[StateBackend]
 
 async def test_every_snapshot_draws_the_next_ticket(backend: StateBackend) -> None:
     """The rotation cursor is one counter: each request gets the next number."""
-    tickets = [(await backend.snapshot(capped=[], session=None, replica="r")) for _ in range(4)]
+    tickets = [(await backend.snapshot(capped=[], sessions=[None], replica="r")) for _ in range(4)]
     numbers = [t.ticket for t in tickets if t is not None]
     assert len(numbers) == 4
     assert numbers == list(range(numbers[0], numbers[0] + 4))
@@ -79,12 +79,12 @@ async def test_every_snapshot_draws_the_next_ticket(backend: StateBackend) -> No
 
 async def test_a_cooldown_is_held_until_it_expires(backend: StateBackend) -> None:
     """A cooldown written with its end is read back, bumps the version, and expires."""
-    before = await backend.snapshot(capped=[], session=None, replica="r")
+    before = await backend.snapshot(capped=[], sessions=[None], replica="r")
     now = time.time()
     long = Change(account="a", event="rate_limited", until=now + 600, cause="quota")
     short = Change(account="b", event="rate_limited", until=now + 0.3, cause="quota")
     assert await backend.write(Batch(changes=[long, short]), replica="r", binding_ttl=60)
-    after = await backend.snapshot(capped=[], session=None, replica="r")
+    after = await backend.snapshot(capped=[], sessions=[None], replica="r")
     assert before is not None
     assert after is not None
     assert after.version != before.version
@@ -169,6 +169,20 @@ async def test_shared_tokens_are_announced_and_read_back(backend: StateBackend) 
     assert stored.expires_at == tokens.expires_at
 
 
+async def test_one_snapshot_serves_several_requests(backend: StateBackend) -> None:
+    """Requests gathered into one round trip get consecutive tickets and their own bindings."""
+    assert await backend.write(Batch(bindings={"s1": "c"}), replica="r", binding_ttl=60)
+    one = await backend.snapshot(capped=[], sessions=[None], replica="r")
+    many = await backend.snapshot(capped=[], sessions=[None, "s1", "s2", None], replica="r")
+    after = await backend.snapshot(capped=[], sessions=[None], replica="r")
+    assert one is not None
+    assert many is not None
+    assert after is not None
+    assert many.ticket == one.ticket + 1
+    assert after.ticket == many.ticket + 4
+    assert many.bound == (None, "c", None, None)
+
+
 async def test_in_flight_bindings_and_quotas_are_shared(backend: StateBackend) -> None:
     """Another replica's in-flight count, a session's binding and a quota come back."""
     quota = QuotaSnapshot(status="allowed", reset=None, representative_claim=None,
@@ -176,13 +190,13 @@ async def test_in_flight_bindings_and_quotas_are_shared(backend: StateBackend) -
                           seen_at=time.time())
     batch = Batch(in_flight={"a": 2}, bindings={"session-1": "b"}, quotas={"c": quota})
     assert await backend.write(batch, replica="r1", binding_ttl=60)
-    theirs = await backend.snapshot(capped=["a"], session="session-1", replica="r2")
-    mine = await backend.snapshot(capped=["a"], session="other", replica="r1")
+    theirs = await backend.snapshot(capped=["a"], sessions=["session-1"], replica="r2")
+    mine = await backend.snapshot(capped=["a"], sessions=["other"], replica="r1")
     assert theirs is not None
     assert mine is not None
     assert dict(theirs.in_flight) == {"a": 2}
     assert dict(mine.in_flight) == {"a": 0}
-    assert (theirs.bound, mine.bound) == ("b", None)
+    assert (theirs.bound, mine.bound) == (("b",), (None,))
     assert await backend.quotas(NAMES) == {"c": quota}
 
 
@@ -214,8 +228,8 @@ async def test_two_namespaces_share_one_redis(redis_server: RedisServer) -> None
         change = Change(account="a", event="rate_limited", until=time.time() + 600)
         assert await one.write(Batch(changes=[change]), replica="r", binding_ttl=60)
         assert await two.holds(NAMES) == []
-        first = await one.snapshot(capped=[], session=None, replica="r")
-        other = await two.snapshot(capped=[], session=None, replica="r")
+        first = await one.snapshot(capped=[], sessions=[None], replica="r")
+        other = await two.snapshot(capped=[], sessions=[None], replica="r")
         assert first is not None
         assert other is not None
         assert first.ticket == other.ticket == 1
@@ -233,7 +247,7 @@ async def test_an_unreachable_redis_degrades_once_and_recovers(
     await backend.start()  # never raises
     try:
         for _ in range(5):
-            assert await backend.snapshot(capped=[], session=None, replica="r") is None
+            assert await backend.snapshot(capped=[], sessions=[None], replica="r") is None
             assert not await backend.write(Batch(changes=[Change(account="a", event="x")]),
                                            replica="r", binding_ttl=1)
             assert await backend.lock("refresh:a", 1) is None
@@ -245,7 +259,7 @@ async def test_an_unreachable_redis_degrades_once_and_recovers(
         redis_server.start()
         assert await backend.ping()
         assert not backend.health().degraded
-        assert await backend.snapshot(capped=[], session=None, replica="r") is not None
+        assert await backend.snapshot(capped=[], sessions=[None], replica="r") is not None
         shown = repr(backend) + repr(backend.health()) + caplog.text
         assert "s3cret-pw" not in shown
         assert ":***@127.0.0.1" in (backend.health().target or "")
@@ -368,3 +382,22 @@ async def test_a_session_binding_is_shared(two_syncs: tuple[StateSync, StateSync
     for _ in range(3):
         context = await b.before_acquire(SelectionContext(session_key="conv-1"))
         assert b.pool.acquire(context=context).name == first.name
+
+
+async def test_concurrent_requests_share_round_trips(
+        two_syncs: tuple[StateSync, StateSync]) -> None:
+    """Fifty requests at once each get their own ticket, from far fewer round trips."""
+    sync = two_syncs[0]
+    before = sync.backend.health().calls
+    tickets: list[int] = []
+
+    async def request() -> None:
+        context = await sync.before_acquire(SelectionContext())
+        assert context.ticket is not None
+        tickets.append(context.ticket)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(request)
+    assert sorted(tickets) == list(range(min(tickets), min(tickets) + 50))
+    assert sync.backend.health().calls - before < 50

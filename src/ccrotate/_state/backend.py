@@ -61,16 +61,17 @@ class Change(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What one request needs from the store before choosing an account."""
+    """What requests need from the store before choosing an account (one round trip
+    serves every request that arrived while the previous one was out)."""
 
     ticket: int
-    """This request's number in the shared rotation."""
+    """The first of ``len(bound)`` consecutive numbers in the shared rotation."""
     version: int
     """Bumped by every change of a hold: a new value means the holds are worth re-reading."""
     in_flight: Mapping[str, int]
     """Requests the *other* replicas have in flight, per account with a ``maxConcurrent``."""
-    bound: str | None
-    """The account the request's session is bound to, if any."""
+    bound: tuple[str | None, ...]
+    """Per request, in order: the account its session is bound to, if any."""
 
 
 @dataclass(slots=True)
@@ -137,9 +138,10 @@ class StateBackend(Protocol):
         """Try the store; ``True`` clears ``degraded``."""
         ...
 
-    async def snapshot(self, *, capped: Sequence[str], session: str | None,
+    async def snapshot(self, *, capped: Sequence[str], sessions: Sequence[str | None],
                        replica: str) -> Snapshot | None:
-        """One round trip before a request chooses: a ticket and what may have changed."""
+        """One round trip before requests choose: a ticket each (``len(sessions)``
+        consecutive ones), their sessions' bindings, and what may have changed."""
         ...
 
     async def holds(self, names: Sequence[str]) -> list[Change] | None:
@@ -237,14 +239,20 @@ class MemoryStateBackend:
     async def ping(self) -> bool:
         return True
 
-    async def snapshot(self, *, capped: Sequence[str], session: str | None,
+    async def snapshot(self, *, capped: Sequence[str], sessions: Sequence[str | None],
                        replica: str) -> Snapshot:
         now = self._clock()
-        bound = self._bindings.get(session) if session is not None else None
         others = {name: sum(n for r, n in self._in_flight.get(name, {}).items() if r != replica)
                   for name in capped}
-        return Snapshot(next(self._cursor), self._version, others,
-                        bound[0] if bound is not None and bound[1] > now else None)
+        first = next(self._cursor)
+        for _ in range(len(sessions) - 1):
+            next(self._cursor)
+        return Snapshot(first, self._version, others,
+                        tuple(self._bound(s, now) for s in sessions))
+
+    def _bound(self, session: str | None, now: float) -> str | None:
+        entry = self._bindings.get(session) if session is not None else None
+        return entry[0] if entry is not None and entry[1] > now else None
 
     async def holds(self, names: Sequence[str]) -> list[Change]:
         now = self._clock()

@@ -61,14 +61,18 @@ _UNLOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-# The request path's one round trip as one command: redis-py's pipeline object costs
-# more client CPU than the round trip itself (measured: docs/benchmarks.md). KEYS: the
-# cursor, the holds' version, the session's binding (or a placeholder), then the in-flight
-# hashes of capped accounts; ARGV[1] is "1" when there is a session.
+# The request path's round trip as one command: redis-py's pipeline object costs more
+# client CPU than the round trip itself (measured: docs/benchmarks.md). KEYS: the cursor,
+# the holds' version, ARGV[2] session-binding keys, then the in-flight hashes of capped
+# accounts; ARGV[1] tickets are drawn. Returns the last ticket, the version, the bindings
+# and one flat HGETALL per capped account.
 _SNAPSHOT = """
-local out = {redis.call('incr', KEYS[1]), redis.call('get', KEYS[2]) or '0', ''}
-if ARGV[1] == '1' then out[3] = redis.call('get', KEYS[3]) or '' end
-for i = 4, #KEYS do out[#out + 1] = redis.call('hgetall', KEYS[i]) end
+local n = tonumber(ARGV[2])
+local out = {redis.call('incrby', KEYS[1], ARGV[1]), redis.call('get', KEYS[2]) or '0'}
+local bound = {}
+for i = 1, n do bound[i] = redis.call('get', KEYS[2 + i]) or '' end
+out[3] = bound
+for i = 3 + n, #KEYS do out[#out + 1] = redis.call('hgetall', KEYS[i]) end
 return out
 """
 _IN_FLIGHT_TTL_MS = 600_000
@@ -207,18 +211,20 @@ class RedisStateBackend:
 
     # -- the request path --------------------------------------------------------------
 
-    async def snapshot(self, *, capped: Sequence[str], session: str | None,
+    async def snapshot(self, *, capped: Sequence[str], sessions: Sequence[str | None],
                        replica: str) -> Snapshot | None:
+        named = [s for s in sessions if s is not None]
         keys = [self._key("cursor"), self._key("version"),
-                self._key("bind", session) if session is not None else self._key("nobind"),
+                *(self._key("bind", s) for s in named),
                 *(self._key("inflight", name) for name in capped)]
-        args = ["1" if session is not None else "0"]
+        args = [max(1, len(sessions)), len(named)]
 
         async def run(client: Any) -> Snapshot:
             out = await self._snapshot(keys=keys, args=args)
             others = {name: _others(out[3 + i], replica) for i, name in enumerate(capped)}
-            bound = out[2].decode() if out[2] else None
-            return Snapshot(int(out[0]), int(out[1]), others, bound)
+            found = iter(v.decode() or None for v in out[2])
+            bound = tuple(next(found) if s is not None else None for s in sessions)
+            return Snapshot(int(out[0]) - args[0] + 1, int(out[1]), others, bound)
 
         return await self._call(run, None)
 

@@ -2,10 +2,12 @@
 
 The pool stays the decision maker: synchronous, one lock, no I/O. Around it:
 
-* before a request chooses, :meth:`StateSync.before_acquire` makes one pipelined round
-  trip (a rotation ticket, the holds' version, other replicas' in-flight counts of
-  capped accounts, the session's binding) and applies it; the holds themselves are
-  re-read only when their version moved;
+* before a request chooses, :meth:`StateSync.before_acquire` gets, in one round trip, a
+  rotation ticket, the holds' version, other replicas' in-flight counts of capped
+  accounts and the session's binding, and applies them; the holds themselves are
+  re-read only when their version moved. Requests that arrive while a round trip is
+  out share the next one (each gets its own ticket and binding), so under load a round
+  trip serves many requests;
 * the pool's own changes (cooldowns, backoffs, auth errors, an operator's choice),
   in-flight counts and session bindings are queued and written by one writer task,
   batched into one round trip however many requests produced them;
@@ -24,7 +26,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import anyio
 import anyio.abc
@@ -34,7 +36,7 @@ from ccrotate._checks import positive
 from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
 from ccrotate._pool.strategy import SelectionContext
-from ccrotate._state.backend import TOKENS, Batch, Change, StateBackend
+from ccrotate._state.backend import TOKENS, Batch, Change, Snapshot, StateBackend
 
 __all__ = ["StateSync"]
 
@@ -45,6 +47,14 @@ _SHARED_EVENTS = frozenset({Event.RATE_LIMITED, Event.FAILED, Event.SUCCEEDED,
                             Event.ENABLED})
 _EVENTS = {e.value: e for e in Event}
 TokenListener = Callable[[str], Awaitable[object]]
+
+
+@dataclass(slots=True, eq=False)
+class _Draw:
+    # Requests waiting for the same round trip: their sessions, in arrival order.
+    sessions: list[str | None] = field(default_factory=list[str | None])
+    done: anyio.Event = field(default_factory=anyio.Event)
+    snapshot: Snapshot | None = None
 
 
 class StateSync:
@@ -59,12 +69,14 @@ class StateSync:
         quota_interval: seconds between two exchanges of quota snapshots.
         max_pending: writes queued while the store is slow; beyond, the oldest are
             dropped (the store is re-synchronised when it answers again).
+        draw_wait: longest a request waits for its round trip before choosing on local
+            state alone (the store's own timeouts normally end it much sooner).
     """
 
     def __init__(self, pool: AccountPool, backend: StateBackend, *,
                  affinity_ttl: float = 300.0, probe_interval: float = 0.25,
                  probe_cap: float = 5.0, quota_interval: float = 1.0,
-                 max_pending: int = 10_000) -> None:
+                 max_pending: int = 10_000, draw_wait: float = 2.5) -> None:
         self.pool = pool
         self.backend = backend
         self.replica = secrets.token_hex(6)
@@ -74,6 +86,9 @@ class StateSync:
         self._probe_cap = max(self._probe, probe_cap)
         self._quota_interval = positive("StateSync", "quota_interval", quota_interval)
         self._max_pending = max_pending
+        self._draw_wait = positive("StateSync", "draw_wait", draw_wait)
+        self._draw: _Draw | None = None
+        self._drawing: anyio.Event | None = None  # set by requests; None: service not running
         self._batch = Batch()
         self._pending = 0
         self._wake = anyio.Event()
@@ -94,21 +109,57 @@ class StateSync:
     # -- the request path --------------------------------------------------------------
 
     async def before_acquire(self, context: SelectionContext) -> SelectionContext:
-        """One round trip to the store, applied to the pool; the context with its ticket."""
-        backend = self.backend
-        if backend.health().degraded:
+        """The store's view, applied to the pool; the context with its rotation ticket."""
+        if self.backend.health().degraded:
             return context
-        snap = await backend.snapshot(capped=self._capped_names(), session=context.session_key,
-                                      replica=self.replica)
+        session = context.session_key
+        wake = self._drawing
+        if wake is None:  # the service is not running: a round trip of its own
+            draw, index = _Draw([session]), 0
+            await self._run_draw(draw)
+        else:
+            draw = self._draw or _Draw()
+            self._draw = draw
+            index = len(draw.sessions)
+            draw.sessions.append(session)
+            wake.set()
+            with anyio.move_on_after(self._draw_wait):
+                await draw.done.wait()
+        snap = draw.snapshot
         if snap is None:
             return context
-        if snap.version != self._version:
-            await self._pull_holds(snap.version)
-        for name, count in snap.in_flight.items():
-            self.pool.set_remote_in_flight(name, count)
-        if snap.bound is not None and context.session_key is not None:
-            self.pool.bind(context.session_key, snap.bound)
-        return replace(context, ticket=snap.ticket)
+        bound = snap.bound[index] if index < len(snap.bound) else None
+        if bound is not None and session is not None:
+            self.pool.bind(session, bound)
+        return replace(context, ticket=snap.ticket + index)
+
+    async def _drawer(self) -> None:
+        # Sends the gathered requests' round trip; those arriving meanwhile wait for the next.
+        self._drawing = anyio.Event()
+        try:
+            while True:
+                await self._drawing.wait()
+                self._drawing = anyio.Event()
+                draw, self._draw = self._draw, None
+                if draw is not None:
+                    await self._run_draw(draw)
+        finally:
+            self._drawing = None
+            if self._draw is not None:
+                self._draw.done.set()  # nobody will send it: let its requests go on
+
+    async def _run_draw(self, draw: _Draw) -> None:
+        try:
+            snap = await self.backend.snapshot(capped=self._capped_names(),
+                                               sessions=draw.sessions, replica=self.replica)
+            if snap is not None:
+                if snap.version != self._version:
+                    await self._pull_holds(snap.version)
+                for name, count in snap.in_flight.items():
+                    self.pool.set_remote_in_flight(name, count)
+            draw.snapshot = snap
+        finally:
+            draw.done.set()
 
     def after_acquire(self, account: Account, context: SelectionContext) -> None:
         """Share the session's binding to ``account`` (only when there is a session)."""
@@ -213,6 +264,7 @@ class StateSync:
                 await self.resync()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer)
+                tg.start_soon(self._drawer)
                 tg.start_soon(self._subscriber)
                 tg.start_soon(self._prober)
                 tg.start_soon(self._quota_exchange)
