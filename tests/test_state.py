@@ -401,3 +401,52 @@ async def test_concurrent_requests_share_round_trips(
             tg.start_soon(request)
     assert sorted(tickets) == list(range(min(tickets), min(tickets) + 50))
     assert sync.backend.health().calls - before < 50
+
+
+# --- settings, metrics --------------------------------------------------------------------
+
+
+def test_state_settings_keep_the_url_secret() -> None:
+    """state_url is checked, never shown (it may hold a password); workers must be >= 1."""
+    from ccrotate import ConfigError, Settings
+    settings = Settings(state_url="redis://:hunter2-pw@db.internal:6379/0", workers=4)
+    assert "hunter2" not in repr(settings)
+    assert (settings.workers, settings.state_namespace) == (4, "ccrotate")
+    with pytest.raises(ConfigError) as info:
+        Settings(state_url="http://:hunter2-pw@db.internal:6379/0")
+    assert "hunter2" not in str(info.value)
+    assert "redis://" in str(info.value)
+    with pytest.raises(ConfigError):
+        Settings(workers=0)
+
+
+async def test_metrics_count_backend_errors_and_degradation(tmp_path: Path) -> None:
+    """/metrics shows a degraded store (1) and its failed calls."""
+    pytest.importorskip("prometheus_client")
+    from ccrotate import PrometheusMetrics
+    server = RedisServer(tmp_path)  # never started: nothing listens on its port
+    backend = RedisStateBackend(server.url, namespace="m")
+    await backend.start()
+    try:
+        metrics = PrometheusMetrics(AccountPool(accounts()))
+        metrics.attach_state(backend)
+        from prometheus_client import generate_latest
+        text = generate_latest(metrics.registry).decode()
+        assert 'ccrotate_state_backend_degraded{backend="redis"} 1.0' in text
+        assert 'ccrotate_state_backend_errors_total{backend="redis"} 1.0' in text
+    finally:
+        await backend.aclose()
+
+
+def test_the_memory_backend_stays_off_the_request_path() -> None:
+    """Without state_url nothing is shared: the proxy's loop has no sync to await."""
+    from ccrotate import Rotator, Settings
+    plain = Rotator(Settings(hot_reload=False), pool=AccountPool(accounts()))
+    assert isinstance(plain.state, MemoryStateBackend)
+    assert plain.sync is None
+    assert plain.proxy.pipeline.loop.sync is None
+    shared = Rotator(Settings(hot_reload=False, state_url="redis://127.0.0.1:1/0"),
+                     pool=AccountPool(accounts()))
+    assert isinstance(shared.state, RedisStateBackend)
+    assert shared.proxy.pipeline.loop.sync is shared.sync
+    assert shared.services[0] is shared.sync
