@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-FIGURE_KEYS = ("latency", "throughput", "streams", "failover", "memory", "translator")
+FIGURE_KEYS = ("latency", "throughput", "streams", "failover", "memory", "translator",
+               "shared_state")
 
 
 def added(fig: dict[str, Any], target: str, metric: str = "latency",
@@ -64,6 +65,12 @@ def evaluate(figures: dict[str, Any]) -> list[dict[str, Any]]:
             if key.startswith("streams"):
                 goal(f"RSS per open stream, {key[7:]} streams (KB)", value["per_stream_kb"],
                      32.0, unit="KB")
+    if "shared_state" in figures:
+        # Issue 15: at most one pipelined round trip to Redis per request when nothing
+        # changes (the background writer and quota exchange included).
+        goal("Redis round trips per request, c=64",
+             figures["shared_state"]["c64"]["ccrotate_redis"]["redis_round_trips_per_request"],
+             1.05)
     return goals
 
 
@@ -153,6 +160,18 @@ def render(result: dict[str, Any]) -> str:
                                          if k != "available"))
         else:
             out.append(f"   not available: {tr.get('reason')}")
+    if "shared_state" in figures:
+        out += ["", "7. Shared state: ccrotate on the memory backend vs on Redis",
+                f"{'conc':>5} | {'memory req/s':>12} {'p50':>7} | {'redis req/s':>11} {'p50':>7} "
+                f"| {'added p50':>9} | {'round trips/req':>15} | {'commands/req':>12}"]
+        for key, fig in figures["shared_state"].items():
+            mem, red = fig["ccrotate"], fig["ccrotate_redis"]
+            out.append(
+                f"{key[1:]:>5} | {mem['rps']:>12.0f} {_f(mem['latency']['p50']):>7} | "
+                f"{red['rps']:>11.0f} {_f(red['latency']['p50']):>7} | "
+                f"{_f(red['latency']['p50'] - mem['latency']['p50']):>9} | "
+                f"{red['redis_round_trips_per_request']:>15.2f} | "
+                f"{red['redis_commands_per_request']:>12.2f}")
     if result.get("goals"):
         out += ["", "Goals"]
         for g in result["goals"]:

@@ -10,6 +10,10 @@ With ``--pin`` (the default when the machine has 2+ CPUs) the proxies run on CPU
 the upstream and load generator on CPU 0: the proxy under test has a core to itself and
 the figures move less from run to run.
 
+With a ``redis-server`` on the PATH (and redis-py installed), a fourth process serves
+ccrotate on a Redis state backend, and ``shared_state`` compares it with the in-memory
+one: req/s, added latency, and Redis round trips and commands per request.
+
 Usage: ``python benchmarks/run.py [--smoke] [--out FILE] [--no-pin] [--server S]``.
 ``--smoke`` runs tiny counts in a few seconds (for CI); its figures mean nothing.
 ``--server`` picks what serves ccrotate: ``uvicorn`` (the default), ``guarded`` (uvicorn
@@ -24,9 +28,12 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +44,12 @@ sys.path.insert(0, str(HERE))
 from _procs import LoadGen, Proc  # noqa: E402
 from _serve import SERVERS  # noqa: E402
 from report import evaluate, render  # noqa: E402
-from server import KEYS  # noqa: E402
+from server import CLIENT_KEY, KEYS  # noqa: E402
 
 TARGETS = ("direct", "minimal", "ccrotate")
-PATHS = {"direct": "/v1/messages", "minimal": "/v1/messages", "ccrotate": "/api/v1/messages"}
+PATHS = {"direct": "/v1/messages", "minimal": "/v1/messages", "ccrotate": "/api/v1/messages",
+         "ccrotate_redis": "/api/v1/messages"}
+SHARED = ("ccrotate", "ccrotate_redis")
 
 
 # -- scenarios ---------------------------------------------------------------------------------
@@ -204,6 +213,82 @@ def memory(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any],
     return out
 
 
+def start_redis(cpu: int | None) -> tuple[subprocess.Popen[bytes], int] | None:
+    """A throwaway redis-server on a free loopback port; ``None`` if there is none."""
+    binary = shutil.which("redis-server")
+    if binary is None or importlib.util.find_spec("redis") is None:
+        return None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--dir", tempfile.gettempdir()]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return popen, port
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                popen.kill()
+                return None
+            time.sleep(0.05)
+
+
+def _store_counts(redis_port: int, server_port: int) -> tuple[int, int]:
+    # Commands Redis processed, and round trips the ccrotate server says it made.
+    import redis
+    commands = int(redis.Redis(port=redis_port).info("stats")["total_commands_processed"])
+    status = _get_json(f"http://127.0.0.1:{server_port}/status",
+                       {"authorization": f"Bearer {CLIENT_KEY}"})
+    return commands, int(status["state"]["calls"])
+
+
+def _get_json(url: str, headers: dict[str, str]) -> Any:
+    import urllib.request
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        return json.loads(r.read())
+
+
+def shared_state(lg: LoadGen, procs: dict[str, Proc], p: dict[str, Any],
+                 redis_port: int) -> dict[str, Any]:
+    """ccrotate on the memory backend and on Redis, interleaved: req/s, latency, and what
+    Redis costs per request (round trips from the server's count, commands from Redis's)."""
+    specs = {"c1": {"kind": "closed", "concurrency": 1, "warmup": p["warmup"],
+                    "duration": p["duration"]},
+             "c64": {"kind": "closed", "concurrency": 64, "warmup": p["warmup"],
+                     "duration": p["tput"]}}
+    out: dict[str, Any] = {}
+    for key, spec in specs.items():
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in SHARED}
+        for _ in range(p["rounds"]):
+            for target in SHARED:
+                if target == "ccrotate":
+                    runs[target].append(measure(lg, procs, target, spec))
+                    continue
+                cmd0, calls0 = _store_counts(redis_port, procs[target].port)
+                result = measure(lg, procs, target, spec)
+                cmd1, calls1 = _store_counts(redis_port, procs[target].port)
+                sent = max(1, result.get("sent", 0))
+                # The /status read itself is one command, not a request's.
+                result["redis_commands_per_request"] = (cmd1 - cmd0 - 1) / sent
+                result["redis_round_trips_per_request"] = (calls1 - calls0) / sent
+                runs[target].append(result)
+        out[key] = {t: {**merge(r), "rounds": len(r)} for t, r in runs.items()}
+        fig = out[key]
+        log(f"shared state {key}: memory {fig['ccrotate']['rps']:.0f}/s p50 "
+            f"{fig['ccrotate']['latency']['p50']:.3f} ms; redis {fig['ccrotate_redis']['rps']:.0f}"
+            f"/s p50 {fig['ccrotate_redis']['latency']['p50']:.3f} ms, "
+            f"{fig['ccrotate_redis']['redis_round_trips_per_request']:.2f} round trips and "
+            f"{fig['ccrotate_redis']['redis_commands_per_request']:.2f} commands per request")
+    return out
+
+
 def translator(p: dict[str, Any]) -> dict[str, Any]:
     try:
         from ccrotate._proxy.dialects.openai.bench import bench_translator
@@ -250,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON path (default bench-results/<time>.json)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--only", help="comma list of: latency,throughput,streams,failover,"
-                                       "memory,translator")
+                                       "memory,translator,shared_state")
     parser.add_argument("--server", choices=SERVERS, default="uvicorn",
                         help="the ASGI server under ccrotate: plain uvicorn, uvicorn with "
                              "ccrotate serve's guard, or granian (the minimal proxy stays on "
@@ -268,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
     procs: dict[str, Proc] = {}
     lg: LoadGen | None = None
+    redis_server: tuple[subprocess.Popen[bytes], int] | None = None
     try:
         py = sys.executable
         procs["upstream"] = Proc("upstream", [py, str(HERE / "upstream.py")], side_cpu)
@@ -280,6 +366,18 @@ def main(argv: list[str] | None = None) -> int:
                                  if args.ccrotate_path else None)
         procs["minimal"].wait_port()
         procs["ccrotate"].wait_port()
+        if only is None or "shared_state" in only:
+            redis_server = start_redis(side_cpu)
+        if redis_server is not None:
+            env = {"CCROTATE_BENCH_STATE_URL": f"redis://127.0.0.1:{redis_server[1]}/0"}
+            if args.ccrotate_path:
+                env["PYTHONPATH"] = args.ccrotate_path
+            procs["ccrotate_redis"] = Proc("ccrotate_redis", [
+                py, str(HERE / "server.py"), "--upstream", url, "--server", args.server],
+                proxy_cpu, env=env)
+            procs["ccrotate_redis"].wait_port()
+        else:
+            log("no redis-server (or redis-py): the shared-state figures are skipped")
         idle = {t: procs[t].rss_kb() for t in ("minimal", "ccrotate")}
         log(f"servers up (upstream, minimal, ccrotate: {url}); pinned={pin}")
         lg = LoadGen(side_cpu)
@@ -302,11 +400,16 @@ def main(argv: list[str] | None = None) -> int:
             figures["failover"] = failover(lg, procs, p)
         if want("translator"):
             figures["translator"] = translator(p)
+        if want("shared_state") and redis_server is not None:
+            figures["shared_state"] = shared_state(lg, procs, p, redis_server[1])
     finally:
         if lg is not None:
             lg.stop()
         for proc in reversed(procs.values()):  # the upstream last: proxies stop quietly
             proc.stop()
+        if redis_server is not None:
+            redis_server[0].kill()
+            redis_server[0].wait(10)
 
     info = {**info, "seconds": round(time.monotonic() - started, 1)}
     result: dict[str, Any] = {"meta": info, "figures": figures}

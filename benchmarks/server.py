@@ -9,6 +9,7 @@ Run: ``python benchmarks/server.py --upstream URL``.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -35,7 +36,9 @@ def accounts() -> list[Account]:
 
 
 def configure(upstream: str) -> object:
-    settings = Settings(upstream_url=upstream, auth_tokens=(CLIENT_KEY,), hot_reload=False)
+    # CCROTATE_BENCH_STATE_URL: the same server on a shared Redis state backend.
+    settings = Settings(upstream_url=upstream, auth_tokens=(CLIENT_KEY,), hot_reload=False,
+                        state_url=os.environ.get("CCROTATE_BENCH_STATE_URL") or None)
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
     rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=AiohttpUpstream(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from anthropic.types import MessageParam
 
+from _redis import RedisServer
 from ccrotate import (
     Account,
     AccountKind,
@@ -308,3 +309,14 @@ def postgres_url(postgres_server: Any) -> str:
         conn.execute(f"CREATE DATABASE {name}")
     url: str = postgres_server.url.rsplit("/", 1)[0] + "/" + name
     return url
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, killed after the test (skips without one)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

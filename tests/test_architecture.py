@@ -14,7 +14,7 @@ SRC = ROOT / "src" / "ccrotate"
 
 
 def test_import_contracts_hold() -> None:
-    """Layers flow one way (cli > server > observe > proxy > upstream|tokens > pool >
+    """Layers flow one way (cli > server > observe > proxy > upstream|tokens > state > pool >
     accounts > base), ccrotate.testing stands alone, and no package has an import cycle."""
     pytest.importorskip("importlinter")
     lint = Path(sys.executable).with_name("lint-imports")

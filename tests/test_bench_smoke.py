@@ -34,8 +34,9 @@ def test_smoke_run_writes_every_figure(smoke: tuple[dict[str, Any], str]) -> Non
     result, _ = smoke
     assert set(result) == {"meta", "figures", "goals"}
     assert result["meta"]["smoke"] is True
-    assert set(result["figures"]) == {"latency", "throughput", "streams", "failover",
-                                      "memory", "translator"}
+    # shared_state is there when a redis-server is (it is optional: see benchmarks/run.py).
+    assert set(result["figures"]) - {"shared_state"} == {
+        "latency", "throughput", "streams", "failover", "memory", "translator"}
     names = " ".join(g["goal"] for g in result["goals"])
     for word in ("throughput", "added p50", "added p99", "TTFB", "event-gap", "failover",
                  "idle RSS", "per open stream"):
@@ -116,3 +117,19 @@ def test_ccrotate_runs_under_each_server(server: str, tmp_path: Path) -> None:
     for scenario in streams:
         assert scenario["ccrotate"]["events_per_request"] == scenario["direct"][
             "events_per_request"] > 0
+
+
+def test_shared_state_figures_when_redis_is_there(smoke: tuple[dict[str, Any], str]) -> None:
+    """With a redis-server, ccrotate on Redis is measured beside the memory backend."""
+    import shutil
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: the shared-state figures are skipped")
+    shared = smoke[0]["figures"]["shared_state"]
+    assert set(shared) == {"c1", "c64"}
+    for fig in shared.values():
+        assert set(fig) == {"ccrotate", "ccrotate_redis"}
+        redis = fig["ccrotate_redis"]
+        assert redis["requests"] > 0
+        assert redis["statuses"] == {"200": redis["requests"]}
+        assert redis["redis_round_trips_per_request"] > 0
+    assert "7. Shared state" in smoke[1]

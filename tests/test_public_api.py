@@ -48,7 +48,7 @@ def test_version_comes_from_the_package() -> None:
 def test_core_import_does_not_load_optional_extras() -> None:
     """`import ccrotate` stays light: no aiohttp, uvicorn, prometheus_client, duckdb."""
     code = ("import sys, ccrotate; heavy = [m for m in ('aiohttp', 'uvicorn', "
-            "'prometheus_client', 'duckdb', 'anthropic', 'openai') if m in sys.modules]; "
+            "'prometheus_client', 'duckdb', 'anthropic', 'openai', 'redis') if m in sys.modules]; "
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

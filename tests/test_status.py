@@ -51,7 +51,7 @@ ACCOUNT_KEYS = {"name", "kind", "state", "credentialHint", "tokenExpiresAt", "to
                 "rateLimits", "inFlight", "weight", "priority", "quota", "outReason",
                 "deniedModels", "strategyPicks", "affinityPicks"}
 POOL_KEYS = {"totalAccounts", "availableAccounts", "rateLimitedAccounts", "authErrorAccounts",
-             "disabledAccounts", "nextAccount", "reloadError", "accounts", "affinity"}
+             "disabledAccounts", "nextAccount", "reloadError", "accounts", "affinity", "state"}
 
 
 def iso(epoch: float) -> str:
@@ -486,7 +486,8 @@ async def test_health_is_200_while_an_account_can_serve(pool: AccountPool,
     assert response.status_code == 200
     assert response.json() == {"totalAccounts": 4, "availableAccounts": 1,
                                "rateLimitedAccounts": 0, "authErrorAccounts": 0,
-                               "disabledAccounts": 3, "status": "ok", "retryAfter": None}
+                               "disabledAccounts": 3, "status": "ok", "retryAfter": None,
+                               "state": None}
     assert (await client.head("/health")).status_code == 200
     no_secrets(response)
 

@@ -73,6 +73,8 @@ if TYPE_CHECKING:
     from ccrotate._server.config import Settings, load_settings
     from ccrotate._server.guard import RequestGuard
     from ccrotate._server.rotator import Rotator
+    from ccrotate._state.backend import MemoryStateBackend, StateBackend
+    from ccrotate._state.redis_backend import RedisStateBackend
     from ccrotate._tokens.refresh import TokenRefresher
     from ccrotate._tokens.reload import AccountsWatcher
     from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
@@ -116,6 +118,7 @@ _LAZY: dict[str, str] = {
     "LogStore": "ccrotate._observe.logstore",
     "LoggingSink": "ccrotate._observe.accesslog",
     "MemoryLogStore": "ccrotate._observe.logstore",
+    "MemoryStateBackend": "ccrotate._state.backend",
     "MemoryStateStore": "ccrotate._pool.pool",
     "MetricsApp": "ccrotate._observe.metrics",
     "ModelPrice": "ccrotate._observe.pricing",
@@ -134,6 +137,7 @@ _LAZY: dict[str, str] = {
     "ProxyConfig": "ccrotate._proxy.app",
     "QuotaAware": "ccrotate._pool.strategy",
     "QuotaSnapshot": "ccrotate._pool.ratelimit",
+    "RedisStateBackend": "ccrotate._state.redis_backend",
     "ReloadResult": "ccrotate._pool.pool",
     "RequestGuard": "ccrotate._server.guard",
     "RequestRecord": "ccrotate._proxy.record",
@@ -146,6 +150,7 @@ _LAZY: dict[str, str] = {
     "SelectionContext": "ccrotate._pool.strategy",
     "SelectionStrategy": "ccrotate._pool.strategy",
     "Settings": "ccrotate._server.config",
+    "StateBackend": "ccrotate._state.backend",
     "StateStore": "ccrotate._pool.pool",
     "StatusMount": "ccrotate._observe.status",
     "StreamTranslator": "ccrotate._proxy.dialects.openai",
@@ -196,6 +201,7 @@ __all__ = [
     "LogStore",
     "LoggingSink",
     "MemoryLogStore",
+    "MemoryStateBackend",
     "MemoryStateStore",
     "MetricsApp",
     "ModelPrice",
@@ -216,6 +222,7 @@ __all__ = [
     "ProxyConfig",
     "QuotaAware",
     "QuotaSnapshot",
+    "RedisStateBackend",
     "RefreshError",
     "ReloadResult",
     "RequestGuard",
@@ -229,6 +236,7 @@ __all__ = [
     "SelectionContext",
     "SelectionStrategy",
     "Settings",
+    "StateBackend",
     "StateStore",
     "StatusMount",
     "StreamTranslator",

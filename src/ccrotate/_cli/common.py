@@ -35,7 +35,7 @@ def command(name: str) -> Callable[[Handler], Handler]:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings with this command's options as the highest layer."""
     names = ("host", "port", "upstream_url", "allow_remote", "allowed_hosts", "accounts_path",
-             "credentials_path")
+             "credentials_path", "workers")
     cli: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(cli=cli, config_path=getattr(args, "config", None),
                          dotenv_path=getattr(args, "env_file", None))

@@ -30,15 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "a ./.env is never read unless named)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every sub-command."""
-    parser = argparse.ArgumentParser(prog="ccrotate", description=(
-        "Share a pool of Claude accounts behind one Anthropic-compatible endpoint."))
-    from ccrotate._version import __version__
-    parser.add_argument("--version", action="version", version=f"ccrotate {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="run the proxy server")
+def _serve_options(serve: argparse.ArgumentParser) -> None:
     _common(serve)
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
@@ -49,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-hosts", dest="allowed_hosts", metavar="NAMES",
                        help="comma-separated host names the server answers to besides "
                        "localhost and the bound address (e.g. its name behind a reverse proxy)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="server processes (default 1); more need a shared state store "
+                       "(CCROTATE_STATE_URL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(prog="ccrotate", description=(
+        "Share a pool of Claude accounts behind one Anthropic-compatible endpoint."))
+    from ccrotate._version import __version__
+    parser.add_argument("--version", action="version", version=f"ccrotate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _serve_options(sub.add_parser("serve", help="run the proxy server"))
 
     demo = sub.add_parser("demo", help="run the proxy in front of a fake upstream with three "
                           "demo accounts, show rotation and failover, then keep serving")

@@ -110,6 +110,36 @@ def _announce(rotator: Any, settings: Settings, port: int) -> None:
     log.info("dashboard: %s/dashboard", urls[0])
 
 
+WORKERS_NEED_STATE = (
+    "--workers {n} needs shared state: set CCROTATE_STATE_URL (or [state] url) to a Redis "
+    "URL. Without it each worker process would keep its own cooldowns, rotation and copy "
+    "of the OAuth tokens, send requests to accounts another worker saw rate-limited, and "
+    "could refresh the same single-use refresh token twice (logging the account out).")
+
+
+def check_workers(settings: Settings) -> None:
+    """Refuse several worker processes without a shared state store (see the message)."""
+    if settings.workers > 1 and settings.state_url is None:
+        from ccrotate._exceptions import ConfigError
+        raise ConfigError(WORKERS_NEED_STATE.format(n=settings.workers))
+
+
+def _serve_workers(settings: Settings, sock: Any, options: dict[str, Any]) -> None:
+    # uvicorn's own multi-process supervisor; each worker builds its app from the factory,
+    # with these settings handed on through the environment.
+    import os
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from ccrotate._server.app import WORKER_SETTINGS, settings_json
+    os.environ[WORKER_SETTINGS] = settings_json(settings)
+    config = uvicorn.Config("ccrotate._server.app:create_app_from_env", factory=True,
+                            host=settings.host, port=settings.port, workers=settings.workers,
+                            log_level=settings.log_level, **options)
+    Multiprocess(config, sockets=[sock]).run()
+
+
 def run_server(settings: Settings) -> None:
     """Build the app from ``settings`` and serve it until interrupted."""
     try:
@@ -120,6 +150,7 @@ def run_server(settings: Settings) -> None:
     from ccrotate._cli.common import bind_socket
     from ccrotate._server.rotator import Rotator
     notice = check_bind(settings)
+    check_workers(settings)
     check_accounts(settings)
     options = uvicorn_options(settings)
     rotator = Rotator(settings)
@@ -131,6 +162,12 @@ def run_server(settings: Settings) -> None:
     if warning := _raise_fd_limit(needed, settings.max_connections):
         log.warning(warning)
     _announce(rotator, settings, sock.getsockname()[1])
+    if settings.workers > 1:
+        log.info("ccrotate: %d worker processes sharing state at %s", settings.workers,
+                 rotator.state.health().target)
+        with sock:
+            _serve_workers(settings, sock, options)
+        return
     # Everything built so far lives for the whole process: keep the collector from
     # re-scanning it on every full collection (measurably shorter GC pauses under load).
     gc.collect()

@@ -20,6 +20,7 @@ from ccrotate._accounts.model import Account
 from ccrotate._pool.pool import AccountPool, AccountStatus
 from ccrotate._pool.ratelimit import QuotaSnapshot
 from ccrotate._pool.state import AccountState
+from ccrotate._state.backend import StateBackend
 
 __all__ = [
     "AccountView",
@@ -28,11 +29,13 @@ __all__ = [
     "PoolView",
     "QuotaView",
     "StateCounts",
+    "StateView",
     "WindowView",
     "account_view",
     "count_states",
     "health_endpoint",
     "scrub",
+    "state_view",
 ]
 
 _ENCODER = msgspec.json.Encoder()
@@ -48,11 +51,39 @@ class StateCounts(msgspec.Struct, rename="camel", kw_only=True):
     disabled_accounts: int
 
 
+class StateView(msgspec.Struct, rename="camel", kw_only=True):
+    """Where the pool's shared state lives, and whether it can be reached."""
+
+    backend: str
+    """``memory`` or ``redis``."""
+    target: str | None
+    """The store's URL, any password masked."""
+    shared: bool
+    degraded: bool
+    """The store is unreachable: each replica decides on its own state meanwhile."""
+    errors: int
+    last_error: str | None = None
+    degraded_since: datetime | None = None
+    calls: int = 0
+    """Round trips made to the store (a pipeline counts once)."""
+
+
+def state_view(backend: StateBackend | None) -> StateView | None:
+    """The public view of a state backend's health (``None`` for no backend)."""
+    if backend is None:
+        return None
+    h = backend.health()
+    return StateView(backend=h.kind, target=h.target, shared=h.shared, degraded=h.degraded,
+                     errors=h.errors, last_error=h.last_error,
+                     degraded_since=_time(h.degraded_since), calls=h.calls)
+
+
 class HealthView(msgspec.Struct, rename="camel", kw_only=True):
     """The body of ``GET /health`` (the counts of :class:`StateCounts`, status first)."""
 
     status: str
-    """``"ok"`` while at least one account can serve, else ``"unavailable"``."""
+    """``"ok"`` while at least one account can serve, ``"degraded"`` when one can but the
+    shared state store is unreachable, else ``"unavailable"``."""
     total_accounts: int
     available_accounts: int
     rate_limited_accounts: int
@@ -60,6 +91,8 @@ class HealthView(msgspec.Struct, rename="camel", kw_only=True):
     disabled_accounts: int
     retry_after: int | None = None
     """Seconds until the soonest rate-limited account is back (only when unavailable)."""
+    state: StateView | None = None
+    """The shared state store, when the pool has one."""
 
 
 def count_states(statuses: Iterable[AccountStatus]) -> dict[str, int]:
@@ -139,6 +172,8 @@ class PoolView(StateCounts, kw_only=True):
     accounts: list[AccountView]
     affinity: dict[str, int] = msgspec.field(default_factory=dict)
     """Session-affinity decisions so far: ``hit``, ``miss``, ``rebind``."""
+    state: StateView | None = None
+    """The shared state store, when the pool has one (``None``: this process only)."""
 
 
 class ActionResult(_View):
@@ -201,7 +236,8 @@ def account_view(status: AccountStatus, now: float, *, account: Account | None =
         strategy_picks=status.strategy_picks, affinity_picks=status.affinity_picks)
 
 
-def health_endpoint(pool: AccountPool) -> Callable[[Request], Awaitable[Response]]:
+def health_endpoint(pool: AccountPool, *, state: StateBackend | None = None
+                    ) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint answering 200 while an account can serve, 503 otherwise.
 
     The 503 carries ``Retry-After`` when a rate-limited account will come back by
@@ -210,6 +246,8 @@ def health_endpoint(pool: AccountPool) -> Callable[[Request], Awaitable[Response
 
     Parameters:
         pool: the :class:`AccountPool` to report on.
+        state: the pool's shared state backend: while it is unreachable the status is
+            ``"degraded"`` (still 200: every replica keeps serving on its own state).
     """
 
     async def health(request: Request) -> Response:
@@ -222,8 +260,9 @@ def health_endpoint(pool: AccountPool) -> Callable[[Request], Awaitable[Response
             if soonest is not None:
                 retry_after = max(1, math.ceil(soonest - pool.now()))
                 headers["retry-after"] = str(retry_after)
-        view = HealthView(status="ok" if ok else "unavailable", retry_after=retry_after,
-                          **counts)
+        shared = state_view(state) if state is not None and state.shared else None
+        word = "unavailable" if not ok else "degraded" if shared and shared.degraded else "ok"
+        view = HealthView(status=word, retry_after=retry_after, state=shared, **counts)
         return Response(_ENCODER.encode(view), status_code=200 if ok else 503,
                         headers=headers, media_type="application/json")
 

@@ -31,6 +31,7 @@ from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
 from ccrotate._pool.taxonomy import Reason
 from ccrotate._proxy.record import Failover, RequestRecord
+from ccrotate._state.backend import StateBackend
 from ccrotate._wire import MODEL_ID_SHAPE
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class PrometheusMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._pools: list[AccountPool] = []
         self._access_logs: list[AccessLog] = []
+        self._states: list[StateBackend] = []
         ns, reg = namespace, self.registry
 
         def counter(name: str, doc: str, *labels: str) -> Any:
@@ -201,6 +203,11 @@ class PrometheusMetrics:
         ``ccrotate_access_log_store_buffered``)."""
         if access_log not in self._access_logs:
             self._access_logs.append(access_log)
+
+    def attach_state(self, backend: StateBackend) -> None:
+        """Report on a shared state backend: its errors and whether it is degraded."""
+        if backend not in self._states:
+            self._states.append(backend)
 
     @property
     def app(self) -> MetricsApp:
@@ -261,7 +268,10 @@ class PrometheusMetrics:
 
     def on_pool_event(self, event: PoolEvent) -> None:
         """Pool listener: count a cooldown when an account starts cooling."""
-        if (event.event is Event.RATE_LIMITED and event.after is AccountState.RATE_LIMITED
+        # Another replica's cooldown is that replica's to count: summed over replicas,
+        # the counter stays the number of cooldowns.
+        if (not event.remote and event.event is Event.RATE_LIMITED
+                and event.after is AccountState.RATE_LIMITED
                 and event.before is not AccountState.RATE_LIMITED):
             self._child(self.cooldowns, event.account).inc()
 
@@ -313,6 +323,12 @@ class _PoolCollector:
                                    labels=["stage"]),
             "log_buffered": gauge(f"{ns}_access_log_store_buffered", "Access-log entries "
                                   "waiting for the store's database (grows while it is away)."),
+            "state_errors": counter(f"{ns}_state_backend_errors", "Calls to the shared state "
+                                    "store that failed (timeouts, refused connections).",
+                                    labels=["backend"]),
+            "state_degraded": gauge(f"{ns}_state_backend_degraded", "1 while the shared state "
+                                    "store is unreachable (each replica decides alone).",
+                                    labels=["backend"]),
         }
 
     def _collect_access_logs(self, fam: dict[str, Any]) -> None:
@@ -356,6 +372,10 @@ class _PoolCollector:
         for outcome, count in affinity.items():
             fam["affinity"].add_metric([outcome], float(count))
         self._collect_access_logs(fam)
+        for backend in self._metrics._states:
+            health = backend.health()
+            fam["state_errors"].add_metric([health.kind], float(health.errors))
+            fam["state_degraded"].add_metric([health.kind], 1.0 if health.degraded else 0.0)
         yield from fam.values()
 
 

@@ -44,9 +44,11 @@ from ccrotate._observe.health import (
     account_view,
     count_states,
     scrub,
+    state_view,
 )
 from ccrotate._pool.pool import AccountPool, AccountStatus
 from ccrotate._proxy.auth import ClientAuth, presented_token
+from ccrotate._state.backend import StateBackend
 
 __all__ = ["ForceRefresher", "StatusMount", "is_loopback_peer", "status_app", "status_auth"]
 
@@ -224,10 +226,12 @@ class _Endpoints:
     # The status API's handlers over one pool; status_app() routes to its methods.
 
     def __init__(self, pool: AccountPool, refresher: ForceRefresher | None,
-                 reload_error: Callable[[], str | None] | None) -> None:
+                 reload_error: Callable[[], str | None] | None,
+                 state: StateBackend | None = None) -> None:
         self.pool = pool
         self.refresher = refresher
         self.reload_error = reload_error
+        self.state = state
 
     def known(self, request: Request) -> AccountStatus | Response:
         name: str = request.path_params["name"]
@@ -249,7 +253,7 @@ class _Endpoints:
             next_account=self.pool.peek(),
             reload_error=self.reload_error() if self.reload_error is not None else None,
             accounts=[self.view(s) for s in statuses], affinity=dict(self.pool.affinity_counts),
-            **count_states(statuses)))
+            state=state_view(self.state), **count_states(statuses)))
 
     async def accounts(self, request: Request) -> Response:
         return _json([self.view(s) for s in self.pool.statuses()])
@@ -305,7 +309,8 @@ class _Endpoints:
 
 def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
                admin_auth: Authenticator | None = None, read_auth: Authenticator | None = None,
-               reload_error: Callable[[], str | None] | None = None) -> Starlette:
+               reload_error: Callable[[], str | None] | None = None,
+               state: StateBackend | None = None) -> Starlette:
     """The status API as a Starlette app; mount it with :class:`StatusMount` (or ``Mount``).
 
     Parameters:
@@ -316,6 +321,7 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
             only, and for actions never a web browser.
         read_auth: ``headers -> bool`` for reads; ``None``: loopback peers only.
         reload_error: returns the last accounts-file reload error, shown as ``reloadError``.
+        state: the pool's state backend, shown as ``state`` (where, shared, degraded).
     """
 
     # Checked here, not at the first request: a wrong argument is a 500 much later.
@@ -326,7 +332,7 @@ def status_app(pool: AccountPool, *, refresher: ForceRefresher | None = None,
     is_callable("status_app", "read_auth", read_auth, optional=True)
     is_callable("status_app", "reload_error", reload_error, optional=True)
 
-    e = _Endpoints(pool, refresher, reload_error)
+    e = _Endpoints(pool, refresher, reload_error, state)
     routes = [
         Route("/", e.overview, methods=["GET"]),
         Route("/accounts", e.accounts, methods=["GET"]),

@@ -107,6 +107,10 @@ class PoolEvent:
     after: AccountState
     until: float | None = None
     reason: str | None = None
+    remote: bool = False
+    """Applied from another replica's report (:meth:`AccountPool.apply_remote`), not seen here."""
+    cause: str | None = None
+    """The taxonomy reason of a cooldown or backoff (``quota``, ``overloaded`` ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,7 @@ class AccountPool:
         self.session_header: bytes | None = (
             session_header.lower().encode("latin-1") if session_header else None)
         self._release_waiters: set[Callable[[], None]] = set()
+        self._in_flight_watcher: Callable[[str, int], None] | None = None
         self.affinity_counts: dict[str, int] = {"hit": 0, "miss": 0, "rebind": 0}
         """Affinity decisions so far: bound account served (``hit``), a new session
         (``miss``), the bound account could not serve and another was bound (``rebind``)."""
@@ -299,10 +304,15 @@ class AccountPool:
             rt.requests += 1
             rt.in_flight += 1
             rt.last_used = now
-            return rt.account
+            account = rt.account
+            count = rt.in_flight
+        if self._in_flight_watcher is not None and account.max_concurrent is not None:
+            self._in_flight_watcher(account.name, count)
+        return account
 
     def release(self, name: str) -> None:
         """The attempt on ``name`` is over (whatever its outcome). Idempotence is the caller's."""
+        capped: int | None = None
         with self._lock:
             rt = self._store.get(name)
             if rt is not None and rt.in_flight > 0:
@@ -310,7 +320,11 @@ class AccountPool:
                 if rt.in_flight == 0:
                     # A probe that ended without an outcome (cancelled): let another try.
                     rt.probe_out = False
+                if rt.account.max_concurrent is not None:
+                    capped = rt.in_flight
             waiters = list(self._release_waiters) if self._release_waiters else None
+        if capped is not None and self._in_flight_watcher is not None:
+            self._in_flight_watcher(name, capped)
         if waiters:
             for wake in waiters:
                 wake()  # outside the lock: a waiter's acquire takes it again
@@ -492,6 +506,62 @@ class AccountPool:
                 rt.failures += 1
                 rt.last_error = reason
 
+    # -- shared state (another replica's view, applied by ccrotate's state sync) ----------
+
+    def apply_remote(self, name: str, event: Event, *, until: float | None = None,
+                     reason: str | None = None, cause: str | None = None) -> bool:
+        """Apply a state change another replica reported; ``True`` if it changed anything.
+
+        Only news is applied: a cooldown or backoff ending no later than the one already
+        known, an auth error already known, an operator's choice already made are
+        skipped, so a replica may hear the same change many times. Listeners are told
+        with ``remote=True``; the account's own counters (rate limits) stay this replica's.
+        """
+        now = self._clock()
+        with self._lock:
+            rt = self._store.get(name) if name in self._order else None
+            if rt is None or not _is_news(rt, event, until, now):
+                return False
+            rate_limits = rt.rate_limits
+            before = transition(rt, event, now=now, until=until, reason=reason, cause=cause)
+            rt.rate_limits = rate_limits  # counted by the replica that saw the 429
+            state_until = (rt.cooldown_until if event is Event.RATE_LIMITED
+                           else rt.backoff_until if event is Event.FAILED else None)
+            pool_event = PoolEvent(name, event, before, rt.state, state_until, reason,
+                                   remote=True, cause=cause)
+        self._emit(pool_event)
+        return True
+
+    def set_remote_in_flight(self, name: str, count: int) -> None:
+        """Requests other replicas have in flight on ``name`` (counts toward its cap)."""
+        with self._lock:
+            rt = self._store.get(name) if name in self._order else None
+            if rt is not None:
+                rt.remote_in_flight = max(0, count)
+
+    def watch_in_flight(self, watcher: Callable[[str, int], None] | None) -> None:
+        """Call ``watcher(name, in_flight)`` whenever an account with a ``maxConcurrent``
+        is acquired or released (a shared store keeps every replica's count); must not block.
+        """
+        self._in_flight_watcher = watcher
+
+    def bind(self, session: str, name: str) -> None:
+        """Bind ``session`` to ``name`` (a binding another replica made); no-op without affinity."""
+        with self._lock:
+            if self._bindings is not None and name in self._order:
+                entry = self._bindings.get(session)
+                if entry is None or entry[0] != name:
+                    self._bindings[session] = (name, self._clock())
+
+    def set_quota(self, name: str, quota: QuotaSnapshot) -> bool:
+        """Keep ``quota`` for ``name`` if it is newer than the one known; ``True`` if kept."""
+        with self._lock:
+            rt = self._store.get(name) if name in self._order else None
+            if rt is None or (rt.quota is not None and rt.quota.seen_at >= quota.seen_at):
+                return False
+            rt.quota = quota
+            return True
+
     # -- administration ----------------------------------------------------------------------
 
     def disable(self, name: str, reason: str = "disabled by operator") -> None:
@@ -581,7 +651,8 @@ class AccountPool:
             return None
         until_out = (rt.cooldown_until if event is Event.RATE_LIMITED
                      else rt.backoff_until if event is Event.FAILED else None)
-        return PoolEvent(rt.account.name, event, before, rt.state, until_out, reason)
+        return PoolEvent(rt.account.name, event, before, rt.state, until_out, reason,
+                         cause=cause)
 
     def _choose(self, candidates: list[Candidate], context: SelectionContext | None
                 ) -> tuple[str, bool]:
@@ -644,7 +715,8 @@ class AccountPool:
                 if not _can_serve(rt):
                     continue
             acc = rt.account
-            if acc.max_concurrent is not None and rt.in_flight >= acc.max_concurrent:
+            if acc.max_concurrent is not None and (
+                    rt.in_flight + rt.remote_in_flight >= acc.max_concurrent):
                 continue
             if denied is None or (name, model) not in denied:
                 out.append(Candidate(name, acc.weight, acc.priority, rt.in_flight, rt.quota,
@@ -692,7 +764,26 @@ class AccountPool:
 
 def _at_cap(rt: AccountRuntime) -> bool:
     cap = rt.account.max_concurrent
-    return cap is not None and rt.in_flight >= cap
+    return cap is not None and rt.in_flight + rt.remote_in_flight >= cap
+
+
+def _is_news(rt: AccountRuntime, event: Event, until: float | None, now: float) -> bool:
+    # Whether a remote change would change this replica's record at all.
+    if event is Event.RATE_LIMITED:
+        return until is not None and until > max(rt.cooldown_until, now)
+    if event is Event.FAILED:
+        return until is not None and until > max(rt.backoff_until, now)
+    if event is Event.SUCCEEDED:
+        return rt.backoff_streak > 0
+    if event is Event.AUTH_FAILED:
+        return not rt.auth_broken
+    if event is Event.CREDENTIALS_RENEWED:
+        return rt.auth_broken
+    if event is Event.DISABLED:
+        return rt.admin_override is not True
+    if event is Event.ENABLED:
+        return rt.admin_override is not False
+    return False
 
 
 def _can_serve(rt: AccountRuntime) -> bool:

@@ -86,6 +86,8 @@ class AccountRuntime:
     failures: int = 0
     rate_limits: int = 0
     in_flight: int = 0
+    remote_in_flight: int = 0
+    """Requests other replicas have on it (a shared state store reports them), for its cap."""
     strategy_picks: int = 0
     """Times the strategy chose it (not pinned, not kept by session affinity)."""
     affinity_picks: int = 0

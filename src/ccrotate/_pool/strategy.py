@@ -42,11 +42,14 @@ class SelectionContext:
             ``cache_control``); ``None`` when there is none or affinity is off.
         headers: the client's request headers as ASGI pairs (lower-case bytes names),
             read through :meth:`header`; kept as the server gave them, nothing copied.
+        ticket: this request's number in a rotation shared by several replicas (a shared
+            state store hands them out); :class:`RoundRobin` follows it when given.
     """
 
     model: str | None = None
     session_key: str | None = None
     headers: Sequence[tuple[bytes, bytes]] = ()
+    ticket: int | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of the request header ``name`` (any case), or ``None``."""
@@ -100,9 +103,27 @@ class RoundRobin:
 
     def __init__(self) -> None:
         self._current: dict[str, int] = {}
+        self._cycles: dict[tuple[tuple[str, int], ...], list[str]] = {}
 
     def select(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
+        if context.ticket is not None:
+            return self._shared(candidates, context.ticket)
         return self._choose(candidates, self._current)
+
+    def _shared(self, candidates: Sequence[Candidate], ticket: int) -> str:
+        # Replicas share one counter, not each other's weights: the ticket indexes the
+        # cycle the smooth algorithm draws for these candidates, the same in every replica.
+        tier = _best_tier(candidates)
+        weighted = [c for c in tier if c.weight > 0] or tier
+        key = tuple((c.name, c.weight or 1) for c in weighted)
+        cycle = self._cycles.get(key)
+        if cycle is None:
+            if len(self._cycles) > 256:  # candidate sets change with cooldowns; keep it small
+                self._cycles.clear()
+            current: dict[str, int] = {}
+            cycle = [self._choose(weighted, current) for _ in range(sum(w for _, w in key))]
+            self._cycles[key] = cycle
+        return cycle[ticket % len(cycle)]
 
     def peek(self, candidates: Sequence[Candidate], context: SelectionContext) -> str:
         return self._choose(candidates, dict(self._current))

@@ -32,6 +32,7 @@ from ccrotate._proxy.dialects.openai.route import OpenAIRoute
 from ccrotate._proxy.dialects.openai.translator import OpenAITranslator
 from ccrotate._proxy.pipeline import Authenticator, Pipeline
 from ccrotate._proxy.record import Observer
+from ccrotate._state.sync import StateSync
 from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
 from ccrotate._upstream.base import Timeouts, Upstream
 from ccrotate._upstream.providers import Providers
@@ -144,6 +145,8 @@ class RotatingProxy:
         openai: the OpenAI dialect: an :class:`OpenAIRoute`, an :class:`OpenAITranslator`
             (wrapped in a route), ``True`` for the default, or ``None`` for none.
         upstream: the transport (:class:`AiohttpUpstream` by default).
+        sync: a :class:`~ccrotate._state.sync.StateSync` over a shared state backend
+            (:class:`Rotator` builds one when ``state_url`` is set); its service must run.
         providers: how each kind of account is presented upstream (built from ``config``
             by default).
 
@@ -155,7 +158,8 @@ class RotatingProxy:
     def __init__(self, pool: AccountPool, *, config: ProxyConfig | None = None,
                  refresher: Refresher | None = None, authenticate: Authenticator | None = None,
                  observers: Sequence[Observer] = (), openai: OpenAIOption = None,
-                 upstream: Upstream | None = None, providers: Providers | None = None) -> None:
+                 upstream: Upstream | None = None, providers: Providers | None = None,
+                 sync: StateSync | None = None) -> None:
         self.config = config = config or ProxyConfig()
         self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=config.timeouts)
         self.openai = _openai_route(openai)
@@ -163,8 +167,10 @@ class RotatingProxy:
             config.upstream_url, relocate_system=config.relocate_system,
             identity=config.identity if config.inject_identity else None)
         self.observers: list[Observer] = list(observers)
+        # Only a shared backend is asked on the request path; the memory one costs nothing.
+        shared = sync if sync is not None and sync.backend.shared else None
         loop = AttemptLoop(pool, self.upstream, self.providers, refresher=refresher,
-                           observers=self.observers,
+                           observers=self.observers, sync=shared,
                            config=LoopConfig(max_attempts=config.max_attempts,
                                              backoff_base=config.backoff_base,
                                              backoff_cap=config.backoff_cap,

@@ -41,6 +41,7 @@ from ccrotate._pool.taxonomy import (
 )
 from ccrotate._proxy.headers import sanitize_error
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
+from ccrotate._state.sync import StateSync
 from ccrotate._upstream.base import Upstream, UpstreamResponse
 from ccrotate._upstream.providers import OutgoingRequest, Providers
 from ccrotate._wire import (
@@ -153,19 +154,22 @@ class AttemptLoop:
         config: attempts and backoff.
         refresher: keeps OAuth tokens fresh (``ensure_fresh`` before, ``refresh`` on 401).
         observers: told of each failover.
+        sync: keeps the pool in step with a *shared* state backend (one round trip
+            before choosing); ``None`` when nothing is shared.
     """
 
-    __slots__ = ("config", "observers", "pool", "providers", "refresher", "upstream")
+    __slots__ = ("config", "observers", "pool", "providers", "refresher", "sync", "upstream")
 
     def __init__(self, pool: AccountPool, upstream: Upstream, providers: Providers, *,
                  config: LoopConfig | None = None, refresher: Refresher | None = None,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (), sync: StateSync | None = None) -> None:
         self.pool = pool
         self.upstream = upstream
         self.providers = providers
         self.config = config or LoopConfig()
         self.refresher = refresher
         self.observers = observers
+        self.sync = sync
 
     async def run(self, attempt: Attempt, record: RequestRecord) -> Won | Failed:
         """A winner to relay (the caller closes it and releases the account), or an error."""
@@ -181,10 +185,16 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
     refreshed: set[str] = set()
     again: str | None = None  # the account whose token was just refreshed: retry it first
     backoffs = 0
+    sync = loop.sync
+    if sync is not None:
+        # Shared state: other replicas' cooldowns and the shared rotation ticket first.
+        attempt.context = await sync.before_acquire(attempt.context)
     while record.attempts < config.max_attempts:
         try:
             account = await _acquire(pool, attempt, tried, again, config.capacity_wait)
             again = None
+            if sync is not None:
+                sync.after_acquire(account, attempt.context)
         except UnknownAccount as exc:
             return Failed.of(400, "invalid_request_error", str(exc))
         except NoAccountAvailable as exc:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+import msgspec
 
 from ccrotate._accounts.file import AccountsFile
 from ccrotate._asgi import ASGIApp
@@ -10,7 +17,11 @@ from ccrotate._pool.pool import AccountPool
 from ccrotate._server.config import Settings
 from ccrotate._server.rotator import Rotator
 
-__all__ = ["create_app", "is_loopback"]
+__all__ = ["WORKER_SETTINGS", "create_app", "create_app_from_env", "is_loopback",
+           "settings_json"]
+
+WORKER_SETTINGS = "CCROTATE_WORKER_SETTINGS"
+"""The environment variable through which ``serve --workers N`` hands its settings on."""
 
 
 def is_loopback(host: str) -> bool:
@@ -32,3 +43,33 @@ def create_app(settings: Settings | None = None, *, pool: AccountPool | None = N
     the rotator, which stays reachable as ``app.rotator``.
     """
     return Rotator(settings, pool=pool, accounts_file=accounts_file).app
+
+
+def settings_json(settings: Settings) -> str:
+    """``settings`` as JSON that :func:`create_app_from_env` reads back (secrets included:
+    it only ever travels to this server's own worker processes)."""
+    from ccrotate._server.config import FIELDS
+
+    def plain(value: object) -> object:
+        if isinstance(value, PurePath):
+            return str(value)
+        if isinstance(value, tuple):
+            return list(value)
+        return dict(value) if isinstance(value, Mapping) else value
+
+    return msgspec.json.encode({s.name: plain(getattr(settings, s.name))
+                                for s in FIELDS}).decode()
+
+
+def create_app_from_env() -> ASGIApp:
+    """The app of one ``ccrotate serve --workers N`` process: a factory uvicorn imports.
+
+    Reads the settings the parent put in ``CCROTATE_WORKER_SETTINGS``, else loads them
+    from the environment and config file as ``ccrotate serve`` does.
+    """
+    from ccrotate._server.config import load_settings
+    raw = os.environ.get(WORKER_SETTINGS)
+    values: dict[str, Any] = msgspec.json.decode(raw) if raw else {}
+    settings = Settings(**values) if values else load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
+    return create_app(settings)

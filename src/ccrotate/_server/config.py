@@ -141,6 +141,20 @@ def _url(raw: object, *, base: bool = False) -> str:
     return url.rstrip("/") if base else url
 
 
+def _redis_url(raw: object) -> str:
+    url = raw.strip() if isinstance(raw, str) else ""
+    try:
+        parts = urlsplit(url)
+        ok = (parts.scheme in ("redis", "rediss") and bool(parts.hostname)) or (
+            parts.scheme == "unix" and bool(parts.path))
+        ok = ok and parts.port != 0
+    except ValueError:  # a bad port or bracketed host
+        ok = False
+    if not ok:  # the URL may hold a password: the caller never quotes it (secret)
+        raise ValueError("a redis://, rediss:// or unix:// URL")
+    return url
+
+
 # Tokens travel in HTTP headers and lists are comma-separated, hence the character set.
 _TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 _TOKEN_CHARS = "printable ASCII without spaces or commas"
@@ -298,6 +312,8 @@ FIELDS: tuple[FieldSpec, ...] = (
           "Seconds a request may wait, across every attempt, for an answer to start (504)."),
     _spec("max_connections", "CCROTATE_MAX_CONNECTIONS", "server.max_connections", _int(1),
           "Open client connections served at once; more are answered 503 and closed."),
+    _spec("workers", "CCROTATE_WORKERS", "server.workers", _int(1, 256),
+          "Server processes (uvicorn workers); more than 1 needs state_url."),
     _spec("allow_remote", "CCROTATE_ALLOW_REMOTE", "security.allow_remote", _bool,
           "Allow binding a non-loopback address without an auth token."),
     _spec("accounts_path", "CCROTATE_ACCOUNTS_PATH CCPROXY_ACCOUNTS_PATH",
@@ -366,6 +382,12 @@ FIELDS: tuple[FieldSpec, ...] = (
           _seconds(zero_ok=False), "Seconds to connect to the upstream."),
     _spec("read_timeout", "CCROTATE_READ_TIMEOUT", "upstream.read_timeout",
           _seconds(zero_ok=False), "Longest gap in seconds between upstream bytes."),
+    _spec("state_url", "CCROTATE_STATE_URL", "state.url",
+          lambda raw: None if raw is None or raw == "" else _redis_url(raw),
+          "Redis URL of the state replicas share (cooldowns, rotation, tokens); unset: "
+          "this process only.", secret=True),
+    _spec("state_namespace", "CCROTATE_STATE_NAMESPACE", "state.namespace", _text,
+          "Prefix of this pool's keys in the shared store, so that pools can share one Redis."),
     _spec("model_aliases", "", "openai.aliases", _aliases,
           "Model names rewritten on the OpenAI-compatible endpoint (a TOML table; no env var)."),
     _spec("log_level", "CCROTATE_LOG_LEVEL", "logging.level",
@@ -418,6 +440,7 @@ class Settings:
     body_timeout: float = 60.0
     request_timeout: float = 600.0
     max_connections: int = 1000
+    workers: int = 1
     allow_remote: bool = False
     accounts_path: Path = Path("~/.claude/accounts.json")
     credentials_path: Path = Path("~/.claude/.credentials.json")
@@ -448,6 +471,8 @@ class Settings:
     max_body_size: int = 32 * 1024 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    state_url: str | None = None
+    state_namespace: str = "ccrotate"
     model_aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}),
                                              hash=False)
     log_level: str = "info"

@@ -42,6 +42,8 @@ from ccrotate._proxy.dialects.openai.route import OpenAIRoute
 from ccrotate._proxy.record import Observer
 from ccrotate._server.config import Settings
 from ccrotate._server.guard import RequestGuard
+from ccrotate._state.backend import MemoryStateBackend, StateBackend
+from ccrotate._state.sync import StateSync
 from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
@@ -88,6 +90,9 @@ class Rotator:
         accounts_file: the file to load (and write refreshed tokens back to); by default
             the one the settings name, or the Claude CLI's login.
         refresher: a token refresher to use instead of the default :class:`TokenRefresher`.
+        state: where the state shared by replicas lives; by default a
+            :class:`RedisStateBackend` when ``settings.state_url`` is set, else a
+            :class:`MemoryStateBackend` (this process only, never asked per request).
 
     Raises :class:`AccountsFileError` for a bad accounts file and
     :class:`ConfigError` for bad settings, before anything runs.
@@ -99,7 +104,8 @@ class Rotator:
 
     def __init__(self, settings: Settings | None = None, *, upstream: Upstream | None = None,
                  pool: AccountPool | None = None, accounts_file: AccountsFile | None = None,
-                 refresher: _RefresherLike | None = None) -> None:
+                 refresher: _RefresherLike | None = None,
+                 state: StateBackend | None = None) -> None:
         self.settings = settings = settings or Settings()
         if pool is None:
             if accounts_file is None:
@@ -127,9 +133,15 @@ class Rotator:
             capacity_wait=settings.capacity_wait,
             timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
         self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=self.config.timeouts)
+        self.state: StateBackend = state if state is not None else _state_backend(settings)
+        self.sync: StateSync | None = StateSync(
+            pool, self.state, affinity_ttl=settings.affinity_ttl) if self.state.shared else None
         self.refresher: _RefresherLike = refresher or TokenRefresher(
             pool, accounts_file, token_url=settings.oauth_token_url,
-            client_id=settings.oauth_client_id, refresh_buffer=settings.refresh_buffer)
+            client_id=settings.oauth_client_id, refresh_buffer=settings.refresh_buffer,
+            state=self.state)
+        if self.sync is not None and isinstance(self.refresher, TokenRefresher):
+            self.sync.token_listeners.append(self.refresher.adopt_shared)
         self.watcher: AccountsWatcher | None = None
         if settings.hot_reload and accounts_file is not None:
             self.watcher = AccountsWatcher(pool, accounts_file, refresher=self.refresher)
@@ -141,11 +153,12 @@ class Rotator:
         observers: list[Observer] = [self.access_log]
         if self.metrics is not None:
             observers.append(self.metrics)
+            self.metrics.attach_state(self.state)
         self.openai = OpenAIRoute(model_aliases=settings.model_aliases)
         self.proxy = RotatingProxy(
             pool, config=self.config, refresher=self.refresher, observers=observers,
             authenticate=ClientAuth(settings.auth_tokens) if settings.auth_tokens else None,
-            openai=self.openai, upstream=self.upstream)
+            openai=self.openai, upstream=self.upstream, sync=self.sync)
         self._app: _RotatorApp | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
@@ -154,6 +167,9 @@ class Rotator:
     def services(self) -> list[Service]:
         """The background services started with the rotator, in start order."""
         services: list[Service] = []
+        if self.sync is not None:
+            # First: the shared tokens and holds are in before anything refreshes or serves.
+            services.append(self.sync)
         if isinstance(self.refresher, TokenRefresher):
             services.append(self.refresher)
         if self.watcher is not None:
@@ -180,10 +196,11 @@ class Rotator:
         watcher = self.watcher
         status = status_app(self.pool, refresher=self.refresher, read_auth=read_auth,
                             admin_auth=admin_auth,
-                            reload_error=(lambda: watcher.last_error) if watcher else None)
+                            reload_error=(lambda: watcher.last_error) if watcher else None,
+                            state=self.state)
         authorize = either(read_auth, admin_auth)
         routes: list[BaseRoute] = [
-            Route("/health", health_endpoint(self.pool), methods=["GET"]),
+            Route("/health", health_endpoint(self.pool, state=self.state), methods=["GET"]),
             StatusMount("/status", status),
             Mount("/logs", app=ReadGuard(logs_app(self.access_log.store), authorize=authorize)),
             Route("/dashboard", dashboard_endpoint(), methods=["GET"]),
@@ -248,6 +265,13 @@ def _log_store(settings: Settings) -> LogStore:
     if settings.access_log_url is not None:
         return PostgresLogStore(settings.access_log_url)
     return open_store(settings.access_log_path)
+
+
+def _state_backend(settings: Settings) -> StateBackend:
+    if settings.state_url is None:
+        return MemoryStateBackend()
+    from ccrotate._state.redis_backend import RedisStateBackend
+    return RedisStateBackend(settings.state_url, namespace=settings.state_namespace)
 
 
 def _metrics(pool: AccountPool, pricing: PricingTable,

@@ -25,7 +25,9 @@ under any server. See docs/deployment.md for why uvicorn plus this guard, not gr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import re
 import time
 from typing import Any, ClassVar
 
@@ -187,10 +189,33 @@ def guarded_protocol(*, header_timeout: float,
     Pass the result as uvicorn's ``http=``. ``header_timeout`` is in seconds;
     ``max_connections=None`` leaves the number of connections unbounded.
     """
+    # A new class per call (its sets and sweeper are one server's), named by its
+    # parameters and kept in this module, so `serve --workers N` can pickle uvicorn's
+    # config, class and all: a worker process rebuilds it from the name (__getattr__).
+    millis = max(1, round(header_timeout * 1000))
+    name = f"GuardedHttpToolsProtocol_{millis}_{max_connections or 0}_{next(_SERIAL)}"
     attrs: dict[str, Any] = {
-        "header_timeout": header_timeout, "max_connections": max_connections,
+        "__module__": __name__, "__qualname__": name,
+        "header_timeout": millis / 1000, "max_connections": max_connections,
         "served": set(), "lingering": set(), "sweeper": None,
         # A deadline acts up to one sweep late: at most a quarter of it, or a second.
         "sweep_every": max(0.05, min(1.0, header_timeout / 4)),
     }
-    return type("GuardedHttpToolsProtocol", (_GuardedProtocol,), attrs)
+    made: type[HttpToolsProtocol] = type(name, (_GuardedProtocol,), attrs)
+    globals()[name] = made
+    return made
+
+
+_SERIAL = itertools.count()
+_NAME = re.compile(r"GuardedHttpToolsProtocol_(\d+)_(\d+)_\d+")
+
+
+def __getattr__(name: str) -> type[HttpToolsProtocol]:
+    # A worker process unpickling uvicorn's config rebuilds the class from its name.
+    match = _NAME.fullmatch(name)
+    if match is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    made = guarded_protocol(header_timeout=int(match[1]) / 1000,
+                            max_connections=int(match[2]) or None)
+    globals()[name] = made  # the name the pickle asked for, not the new serial
+    return made

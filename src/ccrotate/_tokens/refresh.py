@@ -9,6 +9,10 @@ reach the accounts file before anything relies on it:
 * across processes sharing the accounts file, the file's lock is held across
   re-read → token request → write-back. The re-read comes first: when another
   process already rotated the tokens, they are adopted and no request is made;
+* across replicas sharing a state backend (Redis), its refresh lock is taken around
+  all of that, and the shared tokens are re-checked first: a replica that finds
+  tokens another one just renewed adopts them and makes no request. New tokens are
+  shared and announced, so every replica uses them at once;
 * the new tokens are written (atomically, other accounts and unknown keys kept)
   before the pool hands them out. If that write fails, the tokens are served from
   memory, the failure is reported on the account, and the write is retried until
@@ -46,6 +50,7 @@ from ccrotate._exceptions import (
 )
 from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.state import AccountState
+from ccrotate._state.backend import StateBackend
 
 if TYPE_CHECKING:
     import httpx
@@ -88,6 +93,8 @@ class TokenRefresher:
         poll_interval: longest sleep of the background loop between looks at the pool.
         retry_interval: first pause before the background loop retries a failed refresh
             or an unsaved write (doubles up to ``retry_cap``).
+        state: a shared state backend: its lock makes one replica refresh, and its
+            tokens are adopted by the others (``None`` or an unshared one: this process only).
     """
 
     def __init__(self, pool: AccountPool, accounts_file: AccountsFile | None, *,
@@ -95,7 +102,8 @@ class TokenRefresher:
                  margin: float = 60.0, http: httpx.AsyncClient | None = None,
                  clock: Callable[[], float] = time.time, attempts: int = 3,
                  backoff: float = 0.5, timeout: float = 30.0, poll_interval: float = 60.0,
-                 retry_interval: float = 5.0, retry_cap: float = 300.0) -> None:
+                 retry_interval: float = 5.0, retry_cap: float = 300.0,
+                 state: StateBackend | None = None) -> None:
         owner = "TokenRefresher"
         if not isinstance(token_url, str) or not token_url.startswith(("https://", "http://")):
             raise ConfigError(f"{owner}.token_url: must be an http(s) URL (got {token_url!r})")
@@ -121,6 +129,9 @@ class TokenRefresher:
             raise ConfigError(f"{owner}.retry_cap: must be >= retry_interval "
                               f"({retry_interval!r}) (got {retry_cap!r})")
         self._locks: dict[str, anyio.Lock] = {}
+        self._state = state if state is not None and state.shared else None
+        # Held across one token request and its write-back: they never take longer.
+        self._lock_ttl = self._timeout + 30.0
         self._file = TokenFile(accounts_file)
         self._failing: dict[str, _Failing] = {}
         self._renewed_at: dict[str, float] = {}
@@ -392,6 +403,87 @@ class TokenRefresher:
         log.warning("account %r: %s; next try in %.0fs", name, message, delay)
 
     async def _renew_once(self, name: str, *, seen: Account, reason: str) -> Account:
+        state = self._state
+        if state is None:
+            return await self._renew_here(name, seen=seen, reason=reason)
+        key = f"refresh:{name}"
+        token = await self._shared_lock(name, key, seen)
+        if isinstance(token, Account):
+            return token  # another replica renewed them while we waited
+        try:
+            if token is not None:
+                # Taken: a replica that held it before us may have renewed them already.
+                fresher = await self._fresher(name, seen)
+                if fresher is not None:
+                    return fresher
+            new = await self._renew_here(name, seen=seen, reason=reason)
+            if new.oauth is not None:
+                await state.share_tokens(name, new.oauth, replica="")
+            return new
+        finally:
+            if token is not None:
+                await state.unlock(key, token)
+
+    async def _shared_lock(self, name: str, key: str, seen: Account) -> str | Account | None:
+        # The shared refresh lock's token; the adopted account if another replica renewed
+        # the tokens meanwhile; None when the store cannot say (the file lock alone then).
+        state = self._state
+        if state is None:
+            return None
+        deadline = anyio.current_time() + self._lock_ttl
+        pause = 0.05
+        while True:
+            token = await state.lock(key, self._lock_ttl)
+            if token is not None or state.health().degraded:
+                return token
+            fresher = await self._fresher(name, seen)
+            if fresher is not None:
+                return fresher
+            if anyio.current_time() >= deadline:
+                log.warning("account %r: another replica held the refresh lock for %.0fs; "
+                            "refreshing under the accounts file's lock only", name,
+                            self._lock_ttl)
+                return None
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    async def _fresher(self, name: str, seen: Account) -> Account | None:
+        # Tokens newer than the ones the caller set out to renew: shared by another replica
+        # (adopted now, or already by the subscriber while we waited for the lock).
+        adopted = await self.adopt_shared(name)
+        if adopted is not None:
+            return adopted
+        current = self.pool.account(name)
+        if current.access_token != seen.access_token and self._left(current) > self.margin:
+            return current
+        return None
+
+    async def adopt_shared(self, name: str) -> Account | None:
+        """Use the tokens another replica shared for ``name`` if they are newer than ours.
+
+        Returns the account with them, or ``None`` when there is nothing newer (or no
+        shared state). Called when a replica announces new tokens, and before a refresh.
+        """
+        if self._state is None:
+            return None
+        tokens = await self._state.tokens(name)
+        try:
+            mem = self.pool.account(name)
+        except UnknownAccount:
+            return None
+        if (tokens is None or mem.oauth is None or tokens.access_token == mem.access_token
+                or tokens.expires_at <= mem.oauth.expires_at
+                or tokens.expires_at - self._clock() <= self.margin):
+            return None
+        adopted = mem.with_tokens(access_token=tokens.access_token.reveal(),
+                                  refresh_token=tokens.refresh_token.reveal(),
+                                  expires_at=tokens.expires_at)
+        self._install(adopted)
+        self._failing.pop(name, None)
+        log.info("account %r: adopted tokens renewed by another replica", name)
+        return adopted
+
+    async def _renew_here(self, name: str, *, seen: Account, reason: str) -> Account:
         async with self._file.locked(name):
             mem = self.pool.account(name)
             if mem.oauth is None:
