@@ -126,6 +126,7 @@ class SDKApp:
         self.slots = anyio.CapacityLimiter(self.config.max_concurrent)
         self.sessions = Sessions(self.config.session_ttl, self.config.max_concurrent)
         self._agent: ModuleType | None = None
+        self._live: set[Any] = set()
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def _load(self) -> ModuleType | None:
@@ -149,6 +150,11 @@ class SDKApp:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
         await self.sessions.close_all()
+
+    def agent_pids(self) -> list[int]:
+        """Process ids of the agents alive now: running calls and warm sessions."""
+        processes = [*self._live, *self.sessions.processes()]
+        return sorted({p.pid for p in processes if p.pid is not None})
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -271,7 +277,11 @@ class SDKApp:
                     record.client_disconnected = True  # ASGI 2.4: send() after it left
                 finally:
                     watcher.cancel()
-            if scope.cancelled_caught and not record.client_disconnected:
+            if answer.done:
+                # Servers answer receive() with http.disconnect once the response is
+                # complete, and the watcher may read that first: not a client leaving.
+                record.client_disconnected = False
+            elif scope.cancelled_caught and not record.client_disconnected:
                 await _quietly(answer.fail(504, "api_error", "ccrotate: the agent did not "
                                            f"finish within {config.deadline:g} s (deadline)"))
         finally:
@@ -354,6 +364,7 @@ class SDKApp:
                                      system=request.system, home=home, cwd=cwd,
                                      partial=request.stream)
         kept = False
+        self._live.add(process)
         try:
             problem = await _run(process, request.content, answer)
             if problem is None and session is not None:
@@ -361,6 +372,7 @@ class SDKApp:
                                                  request.model))
             return problem
         finally:
+            self._live.discard(process)
             if not kept:
                 await dispose(process, tmp)
 

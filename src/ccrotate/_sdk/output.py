@@ -63,8 +63,8 @@ class Answer:
         openai: the OpenAI dialect, for ``/v1/chat/completions``.
     """
 
-    __slots__ = ("_builder", "_chat", "_writer", "account", "openai", "produced", "record",
-                 "send", "started", "stream", "t0")
+    __slots__ = ("_builder", "_chat", "_writer", "account", "done", "openai", "produced",
+                 "record", "send", "started", "stream", "t0")
 
     def __init__(self, send: Send, record: RequestRecord, *, model: str, stream: bool,
                  steps: ToolSteps, openai: OpenAIDialect | None = None) -> None:
@@ -78,6 +78,8 @@ class Answer:
         self.started = False
         """The response has started (its status is sent)."""
         self.account: str | None = None
+        self.done = False
+        """The whole answer (or error) has been sent."""
         self._builder = MessageBuilder(model, steps)
         self._writer = SSEWriter(model, steps)
         self._chat: StreamTranslator | None = None
@@ -115,6 +117,7 @@ class Answer:
                 data += self._chat.finish()
         if data or last:
             await self.send({"type": "http.response.body", "body": data, "more_body": not last})
+            self.done = last
 
     async def finish(self, result: Result) -> None:
         """The agent is done: send (the rest of) the answer."""
@@ -133,6 +136,7 @@ class Answer:
         self.record.ttfb = time.perf_counter() - self.t0
         self.started = True
         await send_bytes(self.send, 200, headers, body)
+        self.done = True
 
     async def fail(self, status: int, type_: str, message: str, *,
                    retry_after: float | None = None) -> None:
@@ -146,6 +150,7 @@ class Answer:
         self.record.status = shown[0]
         self.started = True
         await send_bytes(self.send, shown[0], [*shown[1], *self._headers()], shown[2])
+        self.done = True
 
     async def _stream_error(self, type_: str, message: str) -> None:
         if self._chat is not None:
@@ -153,6 +158,7 @@ class Answer:
         else:
             data = self._writer.error(type_, message)
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
+        self.done = True
 
 
 def usage_into(record: RequestRecord, usage: dict[str, Any]) -> None:

@@ -59,6 +59,10 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._idle)
 
+    def processes(self) -> list[Any]:
+        """The agent processes of the idle sessions."""
+        return [s.process for s in self._idle.values()]
+
     def ids(self) -> list[str]:
         """The ids of the idle sessions."""
         return list(self._idle)
