@@ -30,9 +30,9 @@ from ccrotate.testing import FakeUpstream, Gate, RateLimited, Reply, ToolUse, se
 
 pytest.importorskip("claude_agent_sdk", reason="the ccrotate[sdk] extra is not installed")
 
-from ccrotate._sdk.agent import bundled_cli  # noqa: E402  (needs the extra)
-from ccrotate._sdk.app import SDKApp  # noqa: E402
-from ccrotate._sdk.config import SDKConfig  # noqa: E402
+from ccrotate._sdk.agent import bundled_cli
+from ccrotate._sdk.app import SDKApp
+from ccrotate._sdk.config import SDKConfig
 
 CLI = os.environ.get("CCROTATE_CLAUDE_BIN") or bundled_cli()
 pytestmark = [
@@ -247,9 +247,14 @@ def test_client_disconnect_kills_the_agent(stack: Stack) -> None:
         with httpx.Client(timeout=60) as http, http.stream(
                 "POST", stack.url + "/sdk/v1/messages", json=body) as response:
             assert response.status_code == 200
-            first = next(response.iter_bytes())
+            chunks = response.iter_bytes()
+            first = next(chunks)
             assert b"message_start" in first
             pids = app.agent_pids()
+            if len(pids) != 1:
+                Path("/tmp/spike/dbg.txt").write_text(repr(first) + repr({k: [(p.pid, p._transport._process) for p in a._live] for k, a in stack.apps.items()}) + repr(app.agent_pids()) + repr(b"".join(chunks)) + repr(stack.recorder.records) + "\n\n" + "\n\n".join(
+                    f"{r.credential} {r.status} {r.cancelled} {r.time} {json.dumps(r.json)[:3000]}"
+                    for r in stack.fake.requests))
             assert len(pids) == 1
         deadline = time.monotonic() + 20
         while _alive(pids[0]) and time.monotonic() < deadline:

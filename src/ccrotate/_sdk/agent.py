@@ -138,7 +138,9 @@ def _options(config: SDKConfig, *, model: str, system: str | None, cwd: Path,
         else {"type": "preset", "preset": "claude_code"},
         tools=builtin, allowed_tools=list(config.allowed_tools),
         permission_mode=config.permission_mode,  # type: ignore[arg-type]
-        mcp_servers=dict(config.mcp_servers), strict_mcp_config=True,
+        mcp_servers=(str(config.mcp_servers) if isinstance(config.mcp_servers, Path)
+                     else dict(config.mcp_servers)),
+        strict_mcp_config=True,
         cwd=str(cwd), model=model, max_turns=config.max_turns,
         include_partial_messages=partial,
         # No user, project or local settings: the host's ~/.claude is not the agent's.

@@ -37,7 +37,8 @@ class SDKConfig:
         allowed_tools: the built-in tools (``"Read"``, ``"Bash"``…) and MCP tools
             (``"mcp__server__tool"``) the agent may use; every other tool is off.
         permission_mode: Claude Code's permission mode for the agent.
-        mcp_servers: MCP server configurations by name (Claude Code's ``mcpServers``).
+        mcp_servers: MCP server configurations by name (Claude Code's ``mcpServers``), or
+            the path of a JSON file holding them (Claude Code reads it).
         workspace: the agent's working directory; ``None``: a fresh temporary one per call.
         max_concurrent: agent processes running at once.
         queue_timeout: seconds a call waits for a free process slot (429 beyond).
@@ -54,7 +55,8 @@ class SDKConfig:
     tool_steps: ToolSteps = "ignore"
     allowed_tools: tuple[str, ...] = ()
     permission_mode: str = "default"
-    mcp_servers: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    mcp_servers: Mapping[str, Any] | Path = field(
+        default_factory=lambda: MappingProxyType({}))
     workspace: Path | None = None
     max_concurrent: int = 4
     queue_timeout: float = 10.0
@@ -90,4 +92,5 @@ class SDKConfig:
                                   f"not {seconds!r}")
         object.__setattr__(self, "allowed_tools", tuple(self.allowed_tools))
         object.__setattr__(self, "env_allow", tuple(self.env_allow))
-        object.__setattr__(self, "mcp_servers", MappingProxyType(dict(self.mcp_servers)))
+        if not isinstance(self.mcp_servers, Path):
+            object.__setattr__(self, "mcp_servers", MappingProxyType(dict(self.mcp_servers)))

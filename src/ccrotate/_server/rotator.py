@@ -39,6 +39,8 @@ from ccrotate._proxy.attempts import Refresher
 from ccrotate._proxy.auth import ClientAuth
 from ccrotate._proxy.dialects.openai.route import OpenAIRoute
 from ccrotate._proxy.record import Observer
+from ccrotate._sdk.app import SDKApp
+from ccrotate._sdk.config import SDKConfig
 from ccrotate._server.config import Settings
 from ccrotate._server.guard import RequestGuard
 from ccrotate._tokens.refresh import TokenRefresher
@@ -140,10 +142,18 @@ class Rotator:
         if self.metrics is not None:
             observers.append(self.metrics)
         self.openai = OpenAIRoute(model_aliases=settings.model_aliases)
+        authenticate = ClientAuth(settings.auth_tokens) if settings.auth_tokens else None
         self.proxy = RotatingProxy(
             pool, config=self.config, refresher=self.refresher, observers=observers,
-            authenticate=ClientAuth(settings.auth_tokens) if settings.auth_tokens else None,
-            openai=self.openai, upstream=self.upstream)
+            authenticate=authenticate, openai=self.openai, upstream=self.upstream)
+        self.sdk: SDKApp | None = None
+        """SDK mode (mounted at ``/sdk``), unless ``sdk_enabled`` is off."""
+        if settings.sdk_enabled:
+            self.sdk = SDKApp(pool, config=sdk_config(settings), refresher=self.refresher,
+                              authenticate=authenticate, observers=observers,
+                              translator=self.openai.translator,
+                              max_body_size=settings.max_body_size,
+                              body_timeout=settings.body_timeout)
         self._app: _RotatorApp | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
@@ -157,6 +167,8 @@ class Rotator:
         if self.watcher is not None:
             services.append(self.watcher)
         services.append(self.access_log)
+        if self.sdk is not None:
+            services.append(self.sdk)
         return services
 
     @property
@@ -166,8 +178,9 @@ class Rotator:
 
     @property
     def app(self) -> ASGIApp:
-        """The ASGI app: the proxy at ``/api``, ``/health``, ``/status``, ``/logs``,
-        ``/dashboard`` and ``/metrics`` (with ``prometheus_client``). Built once."""
+        """The ASGI app: the proxy at ``/api``, SDK mode at ``/sdk``, ``/health``,
+        ``/status``, ``/logs``, ``/dashboard`` and ``/metrics`` (with
+        ``prometheus_client``). Built once."""
         if self._app is None:
             self._app = _RotatorApp(self, self._routes())
         return self._app
@@ -186,6 +199,8 @@ class Rotator:
             Mount("/logs", app=ReadGuard(logs_app(self.access_log.store), authorize=authorize)),
             Route("/dashboard", dashboard_endpoint(), methods=["GET"]),
         ]
+        if self.sdk is not None:
+            routes.append(Mount("/sdk", app=self.sdk))
         if self.metrics is not None:
             routes.append(Route("/metrics", ReadGuard(self.metrics.app, authorize=authorize),
                                 methods=["GET", "HEAD"]))
@@ -239,6 +254,18 @@ class Rotator:
         # Entered and left in the host's one lifespan task, as anyio's task group needs.
         async with self:
             yield
+
+
+def sdk_config(settings: Settings) -> SDKConfig:
+    """SDK mode's configuration from the ``sdk_*`` settings."""
+    s = settings
+    return SDKConfig(upstream_url=s.upstream_url, tool_steps=s.sdk_tool_steps,  # type: ignore[arg-type]
+                     allowed_tools=s.sdk_allowed_tools, permission_mode=s.sdk_permission_mode,
+                     mcp_servers=s.sdk_mcp_servers or {}, workspace=s.sdk_workspace,
+                     max_concurrent=s.sdk_max_concurrent, queue_timeout=s.sdk_queue_timeout,
+                     deadline=s.sdk_deadline, session_ttl=s.sdk_session_ttl,
+                     env_allow=s.sdk_env_allow, cli_path=s.sdk_cli_path,
+                     max_turns=s.sdk_max_turns, max_attempts=s.max_attempts)
 
 
 def _metrics(pool: AccountPool, pricing: PricingTable,
