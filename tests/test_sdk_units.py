@@ -275,3 +275,41 @@ async def test_the_rotator_mounts_sdk_mode_at_sdk(enabled: bool) -> None:
         chat = await client.post("/sdk/v1/chat/completions", json={"model": "m"})
     assert probe.status_code == (200 if enabled else 404)
     assert chat.status_code == (400 if enabled else 404)
+
+
+class _Process:
+    """Stands in for an agent process: records being closed."""
+
+    def __init__(self) -> None:
+        self.pid = 1
+        self.closed = False
+
+    async def close(self, *, kill: bool) -> None:
+        self.closed = kill
+
+
+async def test_warm_sessions_are_capped_and_expire(tmp_path: Path) -> None:
+    """At most ``cap`` sessions stay warm (least recently used closed first); one asked
+    for another model is closed; idle ones close after the TTL, with their directory."""
+    import anyio
+
+    from ccrotate._sdk.sessions import Session, Sessions
+
+    sessions = Sessions(ttl=0.05, cap=2)
+    processes = [_Process() for _ in range(3)]
+    for i, process in enumerate(processes):
+        (tmp_path / str(i)).mkdir()
+        assert await sessions.add(Session(f"s{i}", "a", process, tmp_path / str(i), "m"))
+    assert processes[0].closed
+    assert sessions.ids() == ["s1", "s2"]
+    assert not (tmp_path / "0").exists()
+    assert await sessions.take("s1", "another-model") is None
+    assert processes[1].closed
+    taken = await sessions.take("s2", "m")
+    assert taken is not None
+    assert len(sessions) == 0
+    await sessions.put_back(taken)
+    await anyio.sleep(0.1)
+    await sessions.expire()
+    assert processes[2].closed
+    assert len(sessions) == 0

@@ -128,13 +128,14 @@ class _Transport(SubprocessCLITransport):
             os.killpg(self.pid, signal.SIGKILL)
 
 
-def _options(config: SDKConfig, *, model: str, system: str | None, cwd: Path,
+def _options(config: SDKConfig, *, model: str, system: Path | None, cwd: Path,
              partial: bool) -> ClaudeAgentOptions:
     builtin = [t for t in config.allowed_tools if not t.startswith("mcp__")]
     return ClaudeAgentOptions(
         # The client's system prompt replaces Claude Code's; without one the agent is
-        # Claude Code as it ships (its tools described, its conventions).
-        system_prompt=system if system is not None
+        # Claude Code as it ships (its tools described, its conventions). A file, not an
+        # argument: one argument may not exceed 128 KiB on Linux.
+        system_prompt={"type": "file", "path": str(system)} if system is not None
         else {"type": "preset", "preset": "claude_code"},
         tools=builtin, allowed_tools=list(config.allowed_tools),
         permission_mode=config.permission_mode,  # type: ignore[arg-type]
@@ -166,7 +167,11 @@ class AgentProcess:
         self.account = account
         self.model = model
         self.stderr_path = home / "agent-stderr.log"
-        options = _options(config, model=model, system=system, cwd=cwd, partial=partial)
+        system_path = None
+        if system is not None:
+            system_path = home / "system-prompt.txt"
+            system_path.write_text(system, encoding="utf-8")
+        options = _options(config, model=model, system=system_path, cwd=cwd, partial=partial)
         self._transport = _Transport(options, agent_env(config, account, home),
                                      self.stderr_path)
         self._client = ClaudeSDKClient(options, transport=self._transport)

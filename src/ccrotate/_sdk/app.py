@@ -208,15 +208,15 @@ class SDKApp:
         body = await self._read(scope, receive, send, record, openai)
         if body is None:
             return
-        agent = await self._load()
-        if agent is None:
-            await _refuse(send, record, 501, "api_error", INSTALL_HINT, openai=openai)
-            return
         try:
             request, dialect = self._parse(body, openai)
         except (PromptError, TranslationError) as exc:
             await _refuse(send, record, 400, "invalid_request_error", f"ccrotate: {exc}",
                           openai=openai)
+            return
+        agent = await self._load()
+        if agent is None:
+            await _refuse(send, record, 501, "api_error", INSTALL_HINT, openai=openai)
             return
         record.model, record.stream = request.model, request.stream
         steps = self.config.tool_steps
@@ -312,6 +312,7 @@ class SDKApp:
             finally:
                 self.pool.release(account.name)
             if problem is None:
+                self.pool.report_success(account.name)
                 return
             if not self._fail_over(account, problem, answer, request.model):
                 await answer.fail(*problem)
@@ -395,6 +396,7 @@ class SDKApp:
         finally:
             self.pool.release(session.account)
         if problem is None:
+            self.pool.report_success(session.account)
             await self.sessions.put_back(session)
             return True, None
         await self.sessions.discard(session)

@@ -140,7 +140,10 @@ class Answer:
 
     async def fail(self, status: int, type_: str, message: str, *,
                    retry_after: float | None = None) -> None:
-        """Answer with an error: a whole response, or an ``error`` event once started."""
+        """Answer with an error: a whole response, or an ``error`` event once started.
+
+        ``status`` 0 (the agent itself failed, no HTTP status involved) is answered 500."""
+        status = status if status >= 400 else 500
         self.record.error_type = type_
         if self.started:
             await self._stream_error(type_, message)
