@@ -89,8 +89,9 @@ class Router:
 
 class Stack:
     def __init__(self, fake: FakeUpstream, pool: AccountPool, url: str,
-                 apps: dict[str, SDKApp], recorder: Recorder) -> None:
+                 apps: dict[str, SDKApp], recorder: Recorder, fake_url: str) -> None:
         self.fake, self.pool, self.url, self.apps, self.recorder = fake, pool, url, apps, recorder
+        self.fake_url = fake_url
 
     def anthropic(self, prefix: str = "/sdk") -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.url + prefix, api_key="unused",
@@ -125,7 +126,7 @@ def stack() -> Iterator[Stack]:
                                                  deadline=4.0), observers=[recorder]),
         }
         with serve_app(Router(apps), lifespan="on", shutdown_timeout=5) as server:
-            yield Stack(fake, pool, server.url, apps, recorder)
+            yield Stack(fake, pool, server.url, apps, recorder, upstream.url)
 
 
 def _replace(config: SDKConfig, **changes: Any) -> SDKConfig:
@@ -352,3 +353,31 @@ def test_a_session_keeps_its_agent_warm(stack: Stack) -> None:
     assert "The conversation so far" not in turns  # the agent's own memory, not a replay
     records = _records(stack, 2)
     assert records[0].account == records[1].account
+
+
+def test_the_reference_server_serves_sdk_mode(stack: Stack) -> None:
+    """``Rotator(settings).app`` mounts SDK mode at /sdk behind its client-key check, and
+    the access log and metrics see the call."""
+    from ccrotate import Rotator, Settings
+
+    token = "sdk-mode-client-token-0123456789"
+    settings = Settings(auth_tokens=(token,), hot_reload=False,
+                        upstream_url=stack.fake_url, sdk_cli_path=CLI)
+    rotator = Rotator(settings, pool=stack.pool)
+    with serve_app(rotator.app, lifespan="on") as server:
+        anonymous = httpx.post(server.url + "/sdk/v1/messages", json={}, timeout=30)
+        assert anonymous.status_code == 401
+        client = anthropic.Anthropic(base_url=server.url + "/sdk", api_key=token,
+                                     max_retries=0, timeout=120)
+        message = client.messages.create(model=MODEL, max_tokens=64,
+                                         messages=[{"role": "user", "content": "hello"}])
+        assert message.content[0].text == HELLO  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            metrics = httpx.get(server.url + "/metrics", timeout=30,
+                                headers={"authorization": f"Bearer {token}"}).text
+            if 'route="sdk_messages",status="200"' in metrics:
+                break
+            time.sleep(0.05)
+        assert 'route="sdk_messages",status="200"' in metrics
+        assert 'route="sdk_messages",status="401"' in metrics
