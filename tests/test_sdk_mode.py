@@ -26,7 +26,15 @@ import pytest
 from ccrotate import Account, AccountKind, AccountPool, Secret
 from ccrotate._asgi import Receive, Scope, Send
 from ccrotate._proxy.record import Failover, RequestRecord
-from ccrotate.testing import FakeUpstream, Gate, RateLimited, Reply, ToolUse, serve_app
+from ccrotate.testing import (
+    FakeUpstream,
+    Gate,
+    RateLimited,
+    Reply,
+    ToolUse,
+    Unauthorized,
+    serve_app,
+)
 
 pytest.importorskip("claude_agent_sdk", reason="the ccrotate[sdk] extra is not installed")
 
@@ -62,6 +70,21 @@ class Recorder:
 
     def on_failover(self, record: RequestRecord, failover: Failover) -> None:
         self.failovers.append(failover)
+
+
+class StubRefresher:
+    """A token refresher whose refresh keeps the token (the fake's 401 was one-shot)."""
+
+    def __init__(self, pool: AccountPool) -> None:
+        self.pool = pool
+        self.refreshed: list[str] = []
+
+    async def ensure_fresh(self, account: Account) -> Account:
+        return account
+
+    async def refresh(self, name: str, *, reason: str) -> Account:
+        self.refreshed.append(name)
+        return self.pool.account(name)
 
 
 class Router:
@@ -115,6 +138,7 @@ def stack() -> Iterator[Stack]:
     fake = FakeUpstream()
     with serve_app(fake) as upstream:
         pool = AccountPool(_accounts())
+        oauth_pool = AccountPool([a for a in _accounts() if a.kind is AccountKind.OAUTH])
         recorder = Recorder()
         base = SDKConfig(upstream_url=upstream.url, allowed_tools=("Bash",),
                          cli_path=Path(CLI or ""), max_turns=4, max_concurrent=4)
@@ -124,6 +148,8 @@ def stack() -> Iterator[Stack]:
                            observers=[recorder]),
             "/cap": SDKApp(pool, config=_replace(base, max_concurrent=1, queue_timeout=0.3,
                                                  deadline=4.0), observers=[recorder]),
+            "/oauth": SDKApp(oauth_pool, config=base, refresher=StubRefresher(oauth_pool),
+                             observers=[recorder]),
         }
         with serve_app(Router(apps), lifespan="on", shutdown_timeout=5) as server:
             yield Stack(fake, pool, server.url, apps, recorder, upstream.url)
@@ -226,7 +252,28 @@ def test_a_rate_limited_account_fails_over(stack: Stack) -> None:
         (first, "rate_limited")]
     record = _records(stack, 1)[-1]
     assert (record.account, record.attempts, record.status) == (second, 2, 200)
-    assert stack.pool.status(first).state != "available"
+    # The pool saw the refusal (its backoff may already be over on a slow machine).
+    status = stack.pool.status(first)
+    assert status.rate_limits + status.failures >= 1
+    assert "rate_limit" in (status.last_error or "")
+
+
+def test_an_oauth_401_refreshes_the_token_and_runs_again(stack: Stack) -> None:
+    """An OAuth account's 401 before any output refreshes its token once and runs the
+    call again, as API mode does; the account is not taken out."""
+    # Claude Code retries a 401 once itself: the second one reaches ccrotate.
+    stack.fake.script(KEYS["b"], Unauthorized(), Unauthorized())
+    message = stack.anthropic("/oauth").messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hello"}])
+    assert message.content[0].text == HELLO  # type: ignore[union-attr]
+    assert [r.status for r in _messages_requests(stack)] == [401, 401, 200]
+    refresher = stack.apps["/oauth"].refresher
+    assert isinstance(refresher, StubRefresher)
+    assert refresher.refreshed == ["b"]
+    record = _records(stack, 1)[-1]
+    assert (record.account, record.attempts, record.status, record.failovers) == (
+        "b", 1, 200, [])
+    assert stack.apps["/oauth"].pool.status("b").state.value == "available"
 
 
 def _alive(pid: int) -> bool:

@@ -277,6 +277,9 @@ class SDKApp:
                     record.client_disconnected = True  # ASGI 2.4: send() after it left
                 finally:
                     watcher.cancel()
+            failed = watcher.exception() if watcher.done() and not watcher.cancelled() else None
+            if failed is not None:
+                raise failed  # receive() itself failed, as a task group would have raised it
             if answer.done:
                 # Servers answer receive() with http.disconnect once the response is
                 # complete, and the watcher may read that first: not a client leaving.
@@ -289,7 +292,7 @@ class SDKApp:
 
     async def _attempts(self, agent: ModuleType, request: AgentRequest, answer: Answer,
                         session: str | None) -> None:
-        record, tried = answer.record, list[str]()
+        record, tried, refreshed = answer.record, list[str](), set[str]()
         last: Problem | None = None
         if session is not None:
             done, last = await self._warm(request, answer, session)
@@ -314,6 +317,9 @@ class SDKApp:
             if problem is None:
                 self.pool.report_success(account.name)
                 return
+            if await self._refreshed(account, problem, answer, refreshed):
+                record.attempts -= 1  # the retry after a refresh is the same attempt
+                continue
             if not self._fail_over(account, problem, answer, request.model):
                 await answer.fail(*problem)
                 return
@@ -321,6 +327,20 @@ class SDKApp:
             last = problem
         if last is not None:
             await answer.fail(*last)
+
+    async def _refreshed(self, account: Account, problem: Problem, answer: Answer,
+                         refreshed: set[str]) -> bool:
+        """After an OAuth account's 401 before any output: refresh its token once, and
+        say whether to run the call again (the pool prefers no account: it is free)."""
+        if (problem[0] != 401 or account.kind is not AccountKind.OAUTH or answer.produced
+                or self.refresher is None or account.name in refreshed):
+            return False
+        refreshed.add(account.name)
+        try:
+            await self.refresher.refresh(account.name, reason="the agent's upstream answered 401")
+        except (RefreshError, UnknownAccount):
+            return False
+        return True
 
     async def _acquire(self, request: AgentRequest, tried: list[str]) -> Account:
         account = self.pool.acquire(exclude=tried,
