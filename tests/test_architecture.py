@@ -14,8 +14,9 @@ SRC = ROOT / "src" / "ccrotate"
 
 
 def test_import_contracts_hold() -> None:
-    """Layers flow one way (cli > server > observe > proxy > upstream|tokens > state > pool >
-    accounts > base), ccrotate.testing stands alone, and no package has an import cycle."""
+    """Layers flow one way (cli > server > observe|client|sdk > proxy > upstream|tokens >
+    state > pool > accounts > base), ccrotate.testing stands alone, and no package has an
+    import cycle."""
     pytest.importorskip("importlinter")
     lint = Path(sys.executable).with_name("lint-imports")
     proc = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True,
@@ -41,3 +42,20 @@ def test_every_private_package_says_what_it_owns() -> None:
     for init in SRC.glob("_*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert doc, init
+
+
+def test_sdk_mode_imports_the_agent_sdk_lazily() -> None:
+    """``import ccrotate``, the Rotator and the SDK app itself never import
+    ``claude_agent_sdk`` (a second of imports, and an optional extra): only
+    ``ccrotate._sdk.agent`` does, when SDK mode serves its first call."""
+    code = ("import sys, ccrotate; from ccrotate import Rotator, SDKApp, SDKConfig; "
+            "import ccrotate._server.rotator, ccrotate._sdk.app; "
+            "print('claude_agent_sdk' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True, env={"PYTHONPATH": str(ROOT / "src")})
+    assert done.stdout.strip() == "False"
+    users = [p.relative_to(SRC) for p in SRC.rglob("*.py")
+             if "claude_agent_sdk" in p.read_text(encoding="utf-8")
+             and p.name != "agent.py"]
+    assert all("import claude_agent_sdk" not in (SRC / p).read_text(encoding="utf-8")
+               for p in users), users

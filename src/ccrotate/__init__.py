@@ -69,6 +69,8 @@ if TYPE_CHECKING:
     )
     from ccrotate._proxy.dialects.openai.route import OpenAIRoute
     from ccrotate._proxy.record import Failover, Observer, RequestRecord
+    from ccrotate._sdk.app import SDKApp
+    from ccrotate._sdk.config import SDKConfig
     from ccrotate._server.app import create_app
     from ccrotate._server.config import Settings, load_settings
     from ccrotate._server.guard import RequestGuard
@@ -146,6 +148,8 @@ _LAZY: dict[str, str] = {
     "RotatingTransport": "ccrotate._client.transport",
     "Rotator": "ccrotate._server.rotator",
     "RoundRobin": "ccrotate._pool.strategy",
+    "SDKApp": "ccrotate._sdk.app",
+    "SDKConfig": "ccrotate._sdk.config",
     "Secret": "ccrotate._accounts.model",
     "SelectionContext": "ccrotate._pool.strategy",
     "SelectionStrategy": "ccrotate._pool.strategy",
@@ -232,6 +236,8 @@ __all__ = [
     "RotationMiddleware",
     "Rotator",
     "RoundRobin",
+    "SDKApp",
+    "SDKConfig",
     "Secret",
     "SelectionContext",
     "SelectionStrategy",

@@ -108,6 +108,10 @@ def _announce(rotator: Any, settings: Settings, port: int) -> None:
     log.info("ccrotate: %d account(s) from %s; %s", len(rotator.pool), source, where)
     log.info("clients use ANTHROPIC_BASE_URL=%s", " or ".join(f"{u}/api" for u in urls))
     log.info("dashboard: %s/dashboard", urls[0])
+    if getattr(rotator, "sdk", None) is not None:
+        from ccrotate._sdk.app import sdk_available
+        log.info("SDK mode: %s/sdk%s", urls[0], "" if sdk_available()
+                 else " (answers 501 until `pip install 'ccrotate[sdk]'`)")
 
 
 WORKERS_NEED_STATE = (

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricsApp", "PrometheusMetrics"]
 
-ROUTES = frozenset({"messages", "count_tokens", "models", "chat_completions"})
+ROUTES = frozenset({"messages", "count_tokens", "models", "chat_completions",
+                    "sdk_messages", "sdk_chat_completions"})
 REASONS = frozenset(reason.value for reason in Reason)
 ERROR_TYPES = frozenset({
     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",

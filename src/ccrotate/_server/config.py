@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -272,6 +273,58 @@ def _aliases(raw: object) -> Mapping[str, str]:
     return MappingProxyType({str(k): str(v).strip() for k, v in table.items()})
 
 
+SDK_TOOL_STEPS: tuple[str, ...] = ("ignore", "formatted", "forward")
+"""What SDK mode shows of the agent's tool steps (``sdk_tool_steps``)."""
+SDK_PERMISSION_MODES: tuple[str, ...] = (
+    "default", "acceptEdits", "plan", "bypassPermissions", "dontAsk")
+"""Claude Code permission modes the ``sdk_permission_mode`` setting accepts."""
+# A tool name with an optional rule in parentheses: "Read", "mcp__docs__search",
+# "Bash(git status:*)".
+_TOOL = re.compile(r"[A-Za-z0-9_*:.-]+(\([^(),]*\))?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _tools(raw: object) -> tuple[str, ...]:
+    items = _items(raw)
+    if items is None or not all(_TOOL.fullmatch(i) for i in items):
+        raise ValueError("a comma-separated list of tool names (such as 'Read, Grep, Bash')")
+    return tuple(dict.fromkeys(items))
+
+
+def _env_names(raw: object) -> tuple[str, ...]:
+    items = _items(raw)
+    if items is None or not all(_ENV_NAME.fullmatch(i) for i in items):
+        raise ValueError("a comma-separated list of environment variable names")
+    return tuple(dict.fromkeys(items))
+
+
+def _permission_mode(raw: object) -> str:
+    by_lower = {mode.lower(): mode for mode in SDK_PERMISSION_MODES}
+    if isinstance(raw, str) and raw.strip().lower() in by_lower:
+        return by_lower[raw.strip().lower()]
+    raise ValueError("one of " + ", ".join(map(repr, SDK_PERMISSION_MODES)))
+
+
+def _mcp_servers(raw: object) -> Mapping[str, Any] | Path | None:
+    # A TOML table ([sdk.mcp_servers.NAME]), inline JSON, or a JSON file's path (which
+    # Claude Code reads itself, as its --mcp-config).
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str) and raw.strip().startswith("{"):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ValueError("a JSON object of MCP servers, or a JSON file path") from None
+    if isinstance(raw, Mapping):
+        table = cast("Mapping[object, object]", raw)
+        if "mcpServers" in table and isinstance(table["mcpServers"], Mapping):
+            table = cast("Mapping[object, object]", table["mcpServers"])
+        if all(isinstance(k, str) and isinstance(v, Mapping) for k, v in table.items()):
+            return MappingProxyType({str(k): v for k, v in table.items()})
+        raise ValueError("a table of MCP server name = server configuration table")
+    return _path(raw)
+
+
 # --- The table -----------------------------------------------------------------------
 
 
@@ -403,6 +456,35 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("pricing_path", "CCROTATE_PRICING_PATH", "logging.pricing_path",
           lambda raw: None if raw is None or raw == "" else _path(raw),
           "Pricing table (JSON) for cost estimates; unset: the one shipped with ccrotate."),
+    _spec("sdk_enabled", "CCROTATE_SDK_ENABLED", "sdk.enabled", _bool,
+          "Serve SDK mode at /sdk (answers 501 without the ccrotate[sdk] extra)."),
+    _spec("sdk_tool_steps", "CCROTATE_SDK_TOOL_STEPS", "sdk.tool_steps",
+          lambda raw: _pick(raw, SDK_TOOL_STEPS),
+          "What clients see of the agent's tool steps: ignore, formatted or forward."),
+    _spec("sdk_allowed_tools", "CCROTATE_SDK_ALLOWED_TOOLS", "sdk.allowed_tools", _tools,
+          "Tools the agent may use (built-in and mcp__server__tool); none by default."),
+    _spec("sdk_permission_mode", "CCROTATE_SDK_PERMISSION_MODE", "sdk.permission_mode",
+          _permission_mode, "Claude Code's permission mode for the agent."),
+    _spec("sdk_mcp_servers", "CCROTATE_SDK_MCP_SERVERS", "sdk.mcp_servers", _mcp_servers,
+          "MCP servers for the agent: a TOML table, inline JSON or a JSON file path."),
+    _spec("sdk_workspace", "CCROTATE_SDK_WORKSPACE", "sdk.workspace",
+          lambda raw: None if raw is None or raw == "" else _path(raw),
+          "The agent's working directory; unset: a fresh temporary one per call."),
+    _spec("sdk_max_concurrent", "CCROTATE_SDK_MAX_CONCURRENT", "sdk.max_concurrent", _int(1),
+          "Agent processes running at once (and warm sessions kept)."),
+    _spec("sdk_queue_timeout", "CCROTATE_SDK_QUEUE_TIMEOUT", "sdk.queue_timeout",
+          _seconds(zero_ok=True), "Seconds a call waits for a free agent slot (429 beyond)."),
+    _spec("sdk_deadline", "CCROTATE_SDK_DEADLINE", "sdk.deadline", _seconds(zero_ok=False),
+          "Seconds one SDK call may run in all; the agent is killed beyond (504)."),
+    _spec("sdk_session_ttl", "CCROTATE_SDK_SESSION_TTL", "sdk.session_ttl",
+          _seconds(zero_ok=False), "Seconds an idle /sdk/{session_id} session stays warm."),
+    _spec("sdk_env_allow", "CCROTATE_SDK_ENV_ALLOW", "sdk.env_allow", _env_names,
+          "Further environment variables the agent inherits (beyond PATH, LANG, TZ...)."),
+    _spec("sdk_cli_path", "CCROTATE_SDK_CLI_PATH", "sdk.cli_path",
+          lambda raw: None if raw is None or raw == "" else _path(raw),
+          "The Claude Code executable; unset: the one bundled with claude-agent-sdk."),
+    _spec("sdk_max_turns", "CCROTATE_SDK_MAX_TURNS", "sdk.max_turns", _int(1),
+          "Agent turns (model calls) per SDK call."),
 )
 _SPECS = {spec.name: spec for spec in FIELDS}
 
@@ -479,6 +561,19 @@ class Settings:
     access_log_path: Path | None = None
     access_log_url: str | None = None
     pricing_path: Path | None = None
+    sdk_enabled: bool = True
+    sdk_tool_steps: str = "ignore"
+    sdk_allowed_tools: tuple[str, ...] = ()
+    sdk_permission_mode: str = "default"
+    sdk_mcp_servers: Mapping[str, Any] | Path | None = field(default=None, hash=False)
+    sdk_workspace: Path | None = None
+    sdk_max_concurrent: int = 4
+    sdk_queue_timeout: float = 10.0
+    sdk_deadline: float = 600.0
+    sdk_session_ttl: float = 600.0
+    sdk_env_allow: tuple[str, ...] = ()
+    sdk_cli_path: Path | None = None
+    sdk_max_turns: int = 20
     # Where each value came from; see source_of(). Not part of equality.
     sources: Mapping[str, str] = field(default_factory=dict[str, str], compare=False)
 
@@ -515,6 +610,9 @@ class Settings:
                 value = _mask(value)
             elif spec.name == "model_aliases":
                 value = dict(self.model_aliases)
+            elif spec.name == "sdk_mcp_servers" and isinstance(value, Mapping):
+                # Server configurations may hold tokens (env, headers): names only.
+                value = {name: "…" for name in value}
             parts.append(f"{spec.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 

@@ -40,6 +40,8 @@ from ccrotate._proxy.attempts import Refresher
 from ccrotate._proxy.auth import ClientAuth
 from ccrotate._proxy.dialects.openai.route import OpenAIRoute
 from ccrotate._proxy.record import Observer
+from ccrotate._sdk.app import SDKApp
+from ccrotate._sdk.config import SDKConfig
 from ccrotate._server.config import Settings
 from ccrotate._server.guard import RequestGuard
 from ccrotate._state.backend import MemoryStateBackend, StateBackend
@@ -111,27 +113,10 @@ class Rotator:
             if accounts_file is None:
                 accounts_file = discover_accounts_file(settings.accounts_path,
                                                        settings.credentials_path)
-            pool = AccountPool(accounts_file.load(),
-                               strategy=strategy_named(settings.strategy,
-                                                       rotation=settings.rotation_enabled),
-                               default_cooldown=settings.default_cooldown,
-                               backoff_base=settings.account_backoff_base,
-                               backoff_cap=max(settings.account_backoff_cap,
-                                               settings.account_backoff_base),
-                               entitlement_ttl=settings.entitlement_ttl,
-                               forbidden_threshold=settings.forbidden_threshold,
-                               affinity_ttl=(settings.affinity_ttl
-                                             if settings.session_affinity else None),
-                               session_header=settings.session_header)
+            pool = _pool_from(settings, accounts_file)
         self.pool = pool
         self.accounts_file = accounts_file
-        self.config = ProxyConfig(
-            upstream_url=settings.upstream_url, max_attempts=settings.max_attempts,
-            inject_identity=settings.inject_identity, relocate_system=settings.relocate_system,
-            max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
-            request_timeout=settings.request_timeout,
-            capacity_wait=settings.capacity_wait,
-            timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
+        self.config = _proxy_config(settings)
         self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=self.config.timeouts)
         self.state: StateBackend = state if state is not None else _state_backend(settings)
         self.sync: StateSync | None = StateSync(
@@ -155,10 +140,18 @@ class Rotator:
             observers.append(self.metrics)
             self.metrics.attach_state(self.state)
         self.openai = OpenAIRoute(model_aliases=settings.model_aliases)
+        authenticate = ClientAuth(settings.auth_tokens) if settings.auth_tokens else None
         self.proxy = RotatingProxy(
             pool, config=self.config, refresher=self.refresher, observers=observers,
-            authenticate=ClientAuth(settings.auth_tokens) if settings.auth_tokens else None,
-            openai=self.openai, upstream=self.upstream, sync=self.sync)
+            authenticate=authenticate, openai=self.openai, upstream=self.upstream, sync=self.sync)
+        self.sdk: SDKApp | None = None
+        """SDK mode (mounted at ``/sdk``), unless ``sdk_enabled`` is off."""
+        if settings.sdk_enabled:
+            self.sdk = SDKApp(pool, config=sdk_config(settings), refresher=self.refresher,
+                              authenticate=authenticate, observers=observers,
+                              translator=self.openai.translator,
+                              max_body_size=settings.max_body_size,
+                              body_timeout=settings.body_timeout)
         self._app: _RotatorApp | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
@@ -175,6 +168,8 @@ class Rotator:
         if self.watcher is not None:
             services.append(self.watcher)
         services.append(self.access_log)
+        if self.sdk is not None:
+            services.append(self.sdk)
         return services
 
     @property
@@ -184,8 +179,9 @@ class Rotator:
 
     @property
     def app(self) -> ASGIApp:
-        """The ASGI app: the proxy at ``/api``, ``/health``, ``/status``, ``/logs``,
-        ``/dashboard`` and ``/metrics`` (with ``prometheus_client``). Built once."""
+        """The ASGI app: the proxy at ``/api``, SDK mode at ``/sdk``, ``/health``,
+        ``/status``, ``/logs``, ``/dashboard`` and ``/metrics`` (with
+        ``prometheus_client``). Built once."""
         if self._app is None:
             self._app = _RotatorApp(self, self._routes())
         return self._app
@@ -205,6 +201,8 @@ class Rotator:
             Mount("/logs", app=ReadGuard(logs_app(self.access_log.store), authorize=authorize)),
             Route("/dashboard", dashboard_endpoint(), methods=["GET"]),
         ]
+        if self.sdk is not None:
+            routes.append(Mount("/sdk", app=self.sdk))
         if self.metrics is not None:
             routes.append(Route("/metrics", ReadGuard(self.metrics.app, authorize=authorize),
                                 methods=["GET", "HEAD"]))
@@ -260,6 +258,31 @@ class Rotator:
             yield
 
 
+def _pool_from(settings: Settings, accounts_file: AccountsFile) -> AccountPool:
+    return AccountPool(accounts_file.load(),
+                       strategy=strategy_named(settings.strategy,
+                                               rotation=settings.rotation_enabled),
+                       default_cooldown=settings.default_cooldown,
+                       backoff_base=settings.account_backoff_base,
+                       backoff_cap=max(settings.account_backoff_cap,
+                                       settings.account_backoff_base),
+                       entitlement_ttl=settings.entitlement_ttl,
+                       forbidden_threshold=settings.forbidden_threshold,
+                       affinity_ttl=(settings.affinity_ttl
+                                     if settings.session_affinity else None),
+                       session_header=settings.session_header)
+
+
+def _proxy_config(settings: Settings) -> ProxyConfig:
+    return ProxyConfig(
+        upstream_url=settings.upstream_url, max_attempts=settings.max_attempts,
+        inject_identity=settings.inject_identity, relocate_system=settings.relocate_system,
+        max_body_size=settings.max_body_size, body_timeout=settings.body_timeout,
+        request_timeout=settings.request_timeout,
+        capacity_wait=settings.capacity_wait,
+        timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
+
+
 def _log_store(settings: Settings) -> LogStore:
     # PostgreSQL when several replicas share the log, DuckDB for one server, else memory.
     if settings.access_log_url is not None:
@@ -272,6 +295,18 @@ def _state_backend(settings: Settings) -> StateBackend:
         return MemoryStateBackend()
     from ccrotate._state.redis_backend import RedisStateBackend
     return RedisStateBackend(settings.state_url, namespace=settings.state_namespace)
+
+
+def sdk_config(settings: Settings) -> SDKConfig:
+    """SDK mode's configuration from the ``sdk_*`` settings."""
+    s = settings
+    return SDKConfig(upstream_url=s.upstream_url, tool_steps=s.sdk_tool_steps,  # type: ignore[arg-type]
+                     allowed_tools=s.sdk_allowed_tools, permission_mode=s.sdk_permission_mode,
+                     mcp_servers=s.sdk_mcp_servers or {}, workspace=s.sdk_workspace,
+                     max_concurrent=s.sdk_max_concurrent, queue_timeout=s.sdk_queue_timeout,
+                     deadline=s.sdk_deadline, session_ttl=s.sdk_session_ttl,
+                     env_allow=s.sdk_env_allow, cli_path=s.sdk_cli_path,
+                     max_turns=s.sdk_max_turns, max_attempts=s.max_attempts)
 
 
 def _metrics(pool: AccountPool, pricing: PricingTable,
