@@ -4,11 +4,15 @@ accounts in front of the bench upstream, client auth on, served like ``ccrotate 
 One addition for the harness, outside the proxy: ``POST /bench/reset`` swaps in a fresh
 pool, so every failover sample starts from three available accounts (a 429 cools an
 account for at least a second, which would otherwise serialise the samples).
+``CCROTATE_BENCH_OFF`` (a comma list of ``access_log``, ``metrics``, ``auth``) turns
+those defaults off, to price each (``run.py --off``).
 Run: ``python benchmarks/server.py --upstream URL``.
 """
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 from typing import Any
 
@@ -35,13 +39,26 @@ def accounts() -> list[Account]:
 
 
 def configure(upstream: str) -> object:
-    settings = Settings(upstream_url=upstream, auth_tokens=(CLIENT_KEY,), hot_reload=False)
+    off = set(filter(None, os.environ.get("CCROTATE_BENCH_OFF", "").split(",")))
+    unknown = off - {"access_log", "metrics", "auth"}
+    if unknown:
+        raise SystemExit(f"CCROTATE_BENCH_OFF: unknown {sorted(unknown)}")
+    settings = Settings(upstream_url=upstream, hot_reload=False,
+                        auth_tokens=() if "auth" in off else (CLIENT_KEY,))
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
     rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=AiohttpUpstream(
         timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout,
                           pool_size=4096)))
+    observers = rotator.proxy.observers  # the list the pipeline reads, shared
+    if "access_log" in off:
+        observers.remove(rotator.access_log)
+    if "metrics" in off and rotator.metrics is not None:
+        observers.remove(rotator.metrics)
     app = rotator.app
+    # As `ccrotate serve` does once everything is built (see _cli/serve.py).
+    gc.collect()
+    gc.freeze()
 
     async def bench(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/bench/reset":
