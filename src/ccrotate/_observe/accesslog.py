@@ -19,6 +19,7 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ccrotate._checks import at_least, positive
 from ccrotate._exceptions import ConfigError
@@ -30,6 +31,20 @@ from ccrotate._proxy.record import Failover, RequestRecord
 __all__ = ["AccessLog", "LogSink", "LoggingSink"]
 
 log = logging.getLogger("ccrotate")
+
+# Records turned into entries between two yields to the event loop: a 500-record batch
+# built in one go held the loop for ~5 ms, the p99 of every request in flight then.
+_SLICE = 32
+
+
+async def _entries(batch: list[RequestRecord], pricing: PricingTable) -> list[Entry]:
+    entries: list[Entry] = []
+    for start in range(0, len(batch), _SLICE):
+        if start:
+            await anyio.lowlevel.checkpoint()
+        entries.extend([entry_from_record(r, pricing) for r in batch[start:start + _SLICE]])
+    return entries
+
 
 class LogSink(Protocol):
     """Where batches of entries go. ``write`` may take its time: it runs off the request path."""
@@ -166,7 +181,7 @@ class AccessLog:
                 batch: list[RequestRecord] = []
                 while self._pending and len(batch) < self.batch_size:
                     batch.append(self._pending.popleft())
-                entries = [entry_from_record(r, self.pricing) for r in batch]
+                entries = await _entries(batch, self.pricing)
                 for sink in self.sinks:
                     try:
                         await sink.write(entries)
