@@ -26,11 +26,14 @@ sys.path.insert(0, str(HERE))
 
 from _procs import LoadGen, Proc  # noqa: E402
 
+PATHS = {"ccrotate": "/api/v1/messages", "minimal": "/v1/messages"}
+
 
 def summarise(collapsed: Path, top: int) -> str:
     """The ``top`` frames by inclusive and by self share of the samples."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
+    modules: collections.Counter[str] = collections.Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -38,17 +41,32 @@ def summarise(collapsed: Path, top: int) -> str:
             continue
         n = int(count)
         total += n
-        frames = [_short(f) for f in stack.split(";")]
+        raw = stack.split(";")
+        frames = [_short(f) for f in raw]
         for frame in set(frames):
             inclusive[frame] += n
         own[frames[-1]] += n
+        modules[_package(raw[-1])] += n
     if not total:
         return "no samples"
-    out = [f"{total} samples", "", "inclusive:"]
+    out = [f"{total} samples", "", "self, by package:"]
+    out += [f"  {n / total:6.1%}  {name}" for name, n in modules.most_common(12)]
+    out += ["", "inclusive:"]
     out += [f"  {n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top)]
     out += ["", "self:"]
     out += [f"  {n / total:6.1%}  {frame}" for frame, n in own.most_common(top)]
     return "\n".join(out)
+
+
+def _package(frame: str) -> str:
+    # Who owns a frame: py-spy names files relative to sys.path, so the first part is
+    # the package (ccrotate's with its subpackage).
+    parts = Path(frame.partition(" (")[2].rstrip(")").rsplit(":", 1)[0]).parts
+    if not parts:
+        return "?"
+    if parts[0] == "ccrotate" and len(parts) > 2:
+        return "/".join(parts[:2])
+    return parts[0].removesuffix(".py")
 
 
 def _short(frame: str) -> str:
@@ -66,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--server", default="uvicorn")
+    parser.add_argument("--target", choices=("ccrotate", "minimal"), default="ccrotate",
+                        help="profile ccrotate's server or the minimal proxy (the floor)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/profile.txt"))
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -77,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         up = Proc("upstream", [sys.executable, str(HERE / "upstream.py")], side_cpu)
         procs.append(up)
         url = f"http://127.0.0.1:{up.wait_port()}"
-        cc = Proc("ccrotate", [sys.executable, str(HERE / "server.py"), "--upstream", url,
-                               "--server", args.server], proxy_cpu)
+        script = "server.py" if args.target == "ccrotate" else "minimal_proxy.py"
+        cc = Proc(args.target, [sys.executable, str(HERE / script), "--upstream", url,
+                                "--server", args.server], proxy_cpu)
         procs.append(cc)
         port = cc.wait_port()
         lg = LoadGen(side_cpu)
-        spec = {"host": "127.0.0.1", "port": port, "path": "/api/v1/messages",
+        spec = {"host": "127.0.0.1", "port": port, "path": PATHS[args.target],
                 "kind": "closed", "concurrency": args.concurrency, "warmup": 0.5,
                 "duration": args.seconds, "stream": args.stream}
         if args.stream:
