@@ -129,15 +129,27 @@ def _empty_series(where: LogFilter, bucket: float) -> list[dict[str, Any]]:
 
 _ROW = operator.itemgetter(*COLUMNS)
 _INDEX = {name: i for i, name in enumerate(COLUMNS)}
-_TS, _RID = _INDEX["ts"], _INDEX["request_id"]
+_TS, _RID, _FAILOVERS = _INDEX["ts"], _INDEX["request_id"], _INDEX["failovers"]
 Row = tuple[Any, ...]
 
 
 def _row(entry: Entry) -> Row:
     try:
-        return _ROW(entry)  # type: ignore[no-any-return]
+        row: Row = _ROW(entry)
     except KeyError:  # an entry from elsewhere than the access log may lack a column
-        return tuple(entry.get(c) for c in COLUMNS)
+        row = tuple(entry.get(c) for c in COLUMNS)
+    failovers = row[_FAILOVERS]
+    if isinstance(failovers, list):
+        # A tuple of only atomic values is untracked by the garbage collector, so 10,000
+        # kept rows add nothing to a full collection (a list in each kept them tracked).
+        row = (*row[:_FAILOVERS], tuple(failovers), *row[_FAILOVERS + 1:])
+    return row
+
+
+def _entry(row: Row) -> Entry:
+    entry = dict(zip(COLUMNS, row, strict=True))
+    entry["failovers"] = list(entry["failovers"] or ())
+    return entry
 
 
 class _RowView(Mapping[str, Any]):
@@ -207,13 +219,13 @@ class MemoryLogStore:
         if cursor is not None:
             after = decode_cursor(cursor)
             rows = [r for r in rows if (r[_TS], r[_RID]) < after]
-        page = [dict(zip(COLUMNS, r, strict=True)) for r in rows[offset:offset + limit + 1]]
+        page = [_entry(r) for r in rows[offset:offset + limit + 1]]
         more = len(page) > limit
         page = page[:limit]
         return LogPage(page, encode_cursor(page[-1]) if more and page else None)
 
     async def analytics(self, where: LogFilter, *, bucket: float) -> dict[str, Any]:
-        rows = [dict(zip(COLUMNS, r, strict=True)) for r in self._select(where)]
+        rows = [_entry(r) for r in self._select(where)]
         by_account: dict[Any, list[Entry]] = collections.defaultdict(list)
         by_model: dict[Any, list[Entry]] = collections.defaultdict(list)
         since, _ = where.window()
