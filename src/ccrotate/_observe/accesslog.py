@@ -12,7 +12,6 @@ module as JSON lines (logger ``ccrotate.access``), and a store the query API rea
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -20,6 +19,8 @@ from typing import Protocol
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
+import msgspec
 
 from ccrotate._checks import at_least, positive
 from ccrotate._exceptions import ConfigError
@@ -35,6 +36,7 @@ log = logging.getLogger("ccrotate")
 # Records turned into entries between two yields to the event loop: a 500-record batch
 # built in one go held the loop for ~5 ms, the p99 of every request in flight then.
 _SLICE = 32
+_encode = msgspec.json.Encoder().encode
 
 
 async def _entries(batch: list[RequestRecord], pricing: PricingTable) -> list[Entry]:
@@ -79,12 +81,19 @@ class LoggingSink:
         return None
 
     async def write(self, entries: Sequence[Entry]) -> None:
-        if entries and self.logger.isEnabledFor(self.level):
-            await anyio.to_thread.run_sync(self._emit, entries)
+        if not entries or not self.logger.isEnabledFor(self.level):
+            return
+        # In slices, each its own trip to the thread: a thread running Python holds the
+        # GIL until the event loop has waited out the switch interval (5 ms), so one
+        # 500-entry batch stalled every request in flight; a slice holds it ~0.3 ms.
+        for start in range(0, len(entries), _SLICE):
+            await anyio.to_thread.run_sync(self._emit, entries[start:start + _SLICE])
 
     def _emit(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
-            self.logger.log(self.level, "%s", json.dumps(entry, separators=(",", ":")),
+            # msgspec: the same JSON as json.dumps(separators=(",", ":")) in a fifth of
+            # the time, UTF-8 rather than \u escapes.
+            self.logger.log(self.level, "%s", _encode(entry).decode(),
                             extra={"ccrotate_access": entry})
 
     async def aclose(self) -> None:
