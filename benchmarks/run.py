@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="--quick fails below this throughput ratio (default "
                              f"{QUICK_MIN_RATIO})")
     parser.add_argument("--rounds", type=int, default=5, help="--quick's interleaved rounds")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="serve ccrotate as `ccrotate serve --workers N` (unpinned; "
+                             "skipped with a note when serve has no --workers)")
     parser.add_argument("--off", default="",
                         help="comma list of defaults to turn off in the ccrotate server: "
                              "access_log, access_logger (its log lines only), metrics, "
@@ -314,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(",")) if args.only else None
     started = time.monotonic()
     info = {**meta(pin), "smoke": args.smoke, "ccrotate_path": args.ccrotate_path,
-            "server": args.server, "quick": args.quick, "off": args.off}
+            "server": args.server, "quick": args.quick, "off": args.off,
+            "workers": args.workers}
 
     procs: dict[str, Proc] = {}
     lg: LoadGen | None = None
@@ -327,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {"CCROTATE_BENCH_OFF": args.off}
         if args.ccrotate_path:
             env["PYTHONPATH"] = args.ccrotate_path
-        procs["ccrotate"] = Proc("ccrotate", [py, str(HERE / "server.py"), "--upstream", url,
-                                             "--server", args.server], proxy_cpu, env=env)
+        procs["ccrotate"] = _ccrotate(args, url, proxy_cpu, env)
         procs["minimal"].wait_port()
         procs["ccrotate"].wait_port()
         idle = {t: procs[t].rss_kb() for t in ("minimal", "ccrotate")}
@@ -378,6 +381,21 @@ def main(argv: list[str] | None = None) -> int:
     print(render(result))
     print(f"\nwrote {out}")
     return 0
+
+
+def _ccrotate(args: argparse.Namespace, url: str, cpu: int | None,
+              env: dict[str, str]) -> Proc:
+    """The ccrotate target: the bench server, or ``ccrotate serve --workers N``."""
+    if args.workers > 1:
+        import _workers
+
+        if _workers.supported(env):
+            log(f"ccrotate: `ccrotate serve --workers {args.workers}`, unpinned")
+            return _workers.ServeProc(args.workers, url, env)
+        log(f"ccrotate serve has no --workers option: measuring one process instead of "
+            f"{args.workers}")
+    return Proc("ccrotate", [sys.executable, str(HERE / "server.py"), "--upstream", url,
+                             "--server", args.server], cpu, env=env)
 
 
 def _version(dist: str) -> str | None:
