@@ -41,7 +41,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite: prints ratios against a direct connection, writes JSON."""
+    """The benchmark suite: prints ratios against a direct connection, writes JSON.
+
+    ``nox -s bench -- --quick`` is CI's regression guard (about 25 s): ccrotate's throughput
+    as a ratio to the minimal proxy's in the same run, failing below a bound.
+    """
     # granian for `--server granian`, the comparison in docs/benchmarks.md.
     session.install("-e", ".[server,metrics]", "granian>=2.5")
     session.run("python", "benchmarks/run.py", *session.posargs)

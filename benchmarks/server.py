@@ -4,11 +4,17 @@ accounts in front of the bench upstream, client auth on, served like ``ccrotate 
 One addition for the harness, outside the proxy: ``POST /bench/reset`` swaps in a fresh
 pool, so every failover sample starts from three available accounts (a 429 cools an
 account for at least a second, which would otherwise serialise the samples).
+The access log writes its JSON lines to the log (stderr, a file the harness keeps), as
+``ccrotate serve``'s default log level has it do. ``CCROTATE_BENCH_OFF`` (a comma list of
+``access_log``, ``access_logger``: only its log lines, ``metrics``, ``auth``) turns those
+defaults off, to price each (``run.py --off``).
 Run: ``python benchmarks/server.py --upstream URL``.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import sys
 from typing import Any
@@ -36,15 +42,32 @@ def accounts() -> list[Account]:
 
 
 def configure(upstream: str) -> object:
+    off = set(filter(None, os.environ.get("CCROTATE_BENCH_OFF", "").split(",")))
+    unknown = off - {"access_log", "access_logger", "metrics", "auth"}
+    if unknown:
+        raise SystemExit(f"CCROTATE_BENCH_OFF: unknown {sorted(unknown)}")
     # CCROTATE_BENCH_STATE_URL: the same server on a shared Redis state backend.
-    settings = Settings(upstream_url=upstream, auth_tokens=(CLIENT_KEY,), hot_reload=False,
+    settings = Settings(upstream_url=upstream, hot_reload=False,
+                        auth_tokens=() if "auth" in off else (CLIENT_KEY,),
                         state_url=os.environ.get("CCROTATE_BENCH_STATE_URL") or None)
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
     rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=AiohttpUpstream(
         timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout,
                           pool_size=4096)))
+    # As `ccrotate serve` configures logging (its default level, info): access-log lines
+    # are written, to the harness's stderr file.
+    logging.basicConfig(level=logging.WARNING if "access_logger" in off else logging.INFO,
+                        format="%(levelname)s %(message)s")
+    observers = rotator.proxy.observers  # the list the pipeline reads, shared
+    if "access_log" in off:
+        observers.remove(rotator.access_log)
+    if "metrics" in off and rotator.metrics is not None:
+        observers.remove(rotator.metrics)
     app = rotator.app
+    # As `ccrotate serve` does once everything is built (see _cli/serve.py).
+    gc.collect()
+    gc.freeze()
 
     async def bench(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/bench/reset":

@@ -13,13 +13,14 @@ configured).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+import msgspec
 
 from ccrotate._checks import at_least, positive
 from ccrotate._exceptions import ConfigError
@@ -31,6 +32,22 @@ from ccrotate._proxy.record import Failover, RequestRecord
 __all__ = ["AccessLog", "LogSink", "LoggingSink", "WriterSink"]
 
 log = logging.getLogger("ccrotate")
+
+# Records turned into entries between two yields to the event loop: a 500-record batch
+# built in one go held the loop for ~5 ms, the p99 of every request in flight then.
+_SLICE = 32
+_LOG_SLICE = 8  # log lines between yields: ~30 µs each through a stream handler
+_encode = msgspec.json.Encoder().encode
+
+
+async def _entries(batch: list[RequestRecord], pricing: PricingTable) -> list[Entry]:
+    entries: list[Entry] = []
+    for start in range(0, len(batch), _SLICE):
+        if start:
+            await anyio.lowlevel.checkpoint()
+        entries.extend([entry_from_record(r, pricing) for r in batch[start:start + _SLICE]])
+    return entries
+
 
 class LogSink(Protocol):
     """Where batches of entries go. ``write`` may take its time: it runs off the request path."""
@@ -55,7 +72,9 @@ class LoggingSink:
     """Writes each entry as one JSON line to a :mod:`logging` logger (``ccrotate.access``).
 
     The entry itself rides along as ``record.ccrotate_access`` for structured handlers.
-    Handlers may block on I/O, so batches are logged from a worker thread.
+    Lines are logged on the event loop, a few at a time between yields, as uvicorn logs
+    its own access lines: a handler that may block (over a network) belongs behind a
+    :class:`logging.handlers.QueueHandler`, as the logging cookbook advises.
 
     Parameters:
         logger: the logger, or its name.
@@ -74,12 +93,23 @@ class LoggingSink:
         return None
 
     async def write(self, entries: Sequence[Entry]) -> None:
-        if entries and self.logger.isEnabledFor(self.level):
-            await anyio.to_thread.run_sync(self._emit, entries)
+        if not entries or not self.logger.isEnabledFor(self.level):
+            return
+        # Not in a worker thread: a thread running Python takes the GIL each time the
+        # event loop releases it for a syscall, and the loop then waits up to the switch
+        # interval (5 ms) to get it back, so every request in flight stalled while a
+        # batch was logged. On the loop, in slices of a few entries between yields, a
+        # request waits at most one slice (~0.3 ms).
+        for start in range(0, len(entries), _LOG_SLICE):
+            if start:
+                await anyio.lowlevel.checkpoint()
+            self._emit(entries[start:start + _LOG_SLICE])
 
     def _emit(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
-            self.logger.log(self.level, "%s", json.dumps(entry, separators=(",", ":")),
+            # msgspec: the same JSON as json.dumps(separators=(",", ":")) in a fifth of
+            # the time, UTF-8 rather than \u escapes.
+            self.logger.log(self.level, "%s", _encode(entry).decode(),
                             extra={"ccrotate_access": entry})
 
     async def aclose(self) -> None:
@@ -182,7 +212,7 @@ class AccessLog:
                 batch: list[RequestRecord] = []
                 while self._pending and len(batch) < self.batch_size:
                     batch.append(self._pending.popleft())
-                entries = [entry_from_record(r, self.pricing) for r in batch]
+                entries = await _entries(batch, self.pricing)
                 for sink in self.sinks:
                     try:
                         await sink.write(entries)

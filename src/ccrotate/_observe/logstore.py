@@ -14,8 +14,9 @@ import binascii
 import collections
 import json
 import math
+import operator
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,8 +127,53 @@ def _empty_series(where: LogFilter, bucket: float) -> list[dict[str, Any]]:
             for i in range(count)]
 
 
+_ROW = operator.itemgetter(*COLUMNS)
+_INDEX = {name: i for i, name in enumerate(COLUMNS)}
+_TS, _RID, _FAILOVERS = _INDEX["ts"], _INDEX["request_id"], _INDEX["failovers"]
+Row = tuple[Any, ...]
+
+
+def _row(entry: Entry) -> Row:
+    try:
+        row: Row = _ROW(entry)
+    except KeyError:  # an entry from elsewhere than the access log may lack a column
+        row = tuple(entry.get(c) for c in COLUMNS)
+    failovers = row[_FAILOVERS]
+    if isinstance(failovers, list):
+        # A tuple of only atomic values is untracked by the garbage collector, so 10,000
+        # kept rows add nothing to a full collection (a list in each kept them tracked).
+        row = (*row[:_FAILOVERS], tuple(failovers), *row[_FAILOVERS + 1:])
+    return row
+
+
+def _entry(row: Row) -> Entry:
+    entry = dict(zip(COLUMNS, row, strict=True))
+    entry["failovers"] = list(entry["failovers"] or ())
+    return entry
+
+
+class _RowView(Mapping[str, Any]):
+    # A stored row read by column name, for LogFilter.matches: no dict per row scanned.
+    __slots__ = ("row",)
+
+    def __init__(self) -> None:
+        self.row: Row = ()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.row[_INDEX[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COLUMNS)
+
+    def __len__(self) -> int:
+        return len(COLUMNS)
+
+
 class MemoryLogStore:
     """The last ``capacity`` entries in memory: enough for the dashboard and a demo.
+
+    Entries are kept as tuples of the :data:`COLUMNS` (a quarter of a dict's memory:
+    ~2 MB rather than ~10 MB for 10,000) and become dicts again only when returned.
 
     Parameters:
         capacity: entries kept; the oldest go first.
@@ -135,7 +181,7 @@ class MemoryLogStore:
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = at_least("MemoryLogStore", "capacity", capacity, 1)
-        self._ring: collections.deque[Entry] = collections.deque(maxlen=capacity)
+        self._ring: collections.deque[Row] = collections.deque(maxlen=capacity)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -151,28 +197,35 @@ class MemoryLogStore:
         return None
 
     async def write(self, entries: Sequence[Entry]) -> None:
+        rows = [_row(e) for e in entries]
         with self._lock:
-            self._ring.extend(entries)
+            self._ring.extend(rows)
 
-    def _select(self, where: LogFilter) -> list[Entry]:
+    def _select(self, where: LogFilter) -> list[Row]:
         with self._lock:
             snapshot = list(self._ring)
-        return [e for e in snapshot if where.matches(e)]
+        view = _RowView()
+        out = []
+        for row in snapshot:
+            view.row = row
+            if where.matches(view):
+                out.append(row)
+        return out
 
     async def entries(self, where: LogFilter, *, limit: int, cursor: str | None = None,
                       offset: int = 0) -> LogPage:
         rows = self._select(where)
-        rows.sort(key=lambda e: (e["ts"], e["request_id"]), reverse=True)
+        rows.sort(key=lambda r: (r[_TS], r[_RID]), reverse=True)
         if cursor is not None:
             after = decode_cursor(cursor)
-            rows = [e for e in rows if (e["ts"], e["request_id"]) < after]
-        page = rows[offset:offset + limit + 1]
+            rows = [r for r in rows if (r[_TS], r[_RID]) < after]
+        page = [_entry(r) for r in rows[offset:offset + limit + 1]]
         more = len(page) > limit
         page = page[:limit]
         return LogPage(page, encode_cursor(page[-1]) if more and page else None)
 
     async def analytics(self, where: LogFilter, *, bucket: float) -> dict[str, Any]:
-        rows = self._select(where)
+        rows = [_entry(r) for r in self._select(where)]
         by_account: dict[Any, list[Entry]] = collections.defaultdict(list)
         by_model: dict[Any, list[Entry]] = collections.defaultdict(list)
         since, _ = where.window()

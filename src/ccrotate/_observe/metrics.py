@@ -26,7 +26,7 @@ import anyio
 from ccrotate._asgi import Receive, Scope, Send, send_bytes
 from ccrotate._checks import at_least, positive
 from ccrotate._exceptions import ConfigError
-from ccrotate._observe.pricing import PricingTable
+from ccrotate._observe.pricing import ModelPrice, PricingTable
 from ccrotate._pool.pool import AccountPool, PoolEvent
 from ccrotate._pool.state import AccountState, Event
 from ccrotate._pool.taxonomy import Reason
@@ -54,6 +54,35 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 
 TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 _OUTCOME_SHAPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+_NO_USAGE = (None, None, None, None)
+_ROWS_MAX = 4096
+
+
+_REQUESTS, _OUTCOME, _DURATION, _TTFB, _UPSTREAM, _TOKENS = range(6)
+_COST, _UNPRICED = _TOKENS + len(TOKEN_KINDS), _TOKENS + len(TOKEN_KINDS) + 1
+
+
+class _Row:
+    # One combination of request labels: each metric's labels, its children once made,
+    # and the model's price.
+    __slots__ = ("children", "labels", "metrics", "price")
+
+    def __init__(self, metrics: PrometheusMetrics,
+                 labels: list[tuple[Any, tuple[str, ...]] | None],
+                 price: ModelPrice | None) -> None:
+        self.metrics = metrics
+        self.labels = labels
+        self.children: list[Any] = [None] * len(labels)
+        self.price = price
+
+    def child(self, i: int) -> Any:
+        child = self.children[i]
+        if child is None:
+            metric, labels = self.labels[i]  # type: ignore[misc]  # None only for _OUTCOME
+            child = self.children[i] = self.metrics._child(metric, *labels)
+        return child
 
 
 def _buckets(owner: str, field: str, values: Iterable[float]) -> tuple[float, ...]:
@@ -144,6 +173,7 @@ class PrometheusMetrics:
         self._models = _Bounded(max_models, MODEL_ID_SHAPE)
         self._outcomes = _Bounded(16, _OUTCOME_SHAPE)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._rows: dict[tuple[Any, ...], _Row] = {}
         self._pools: list[AccountPool] = []
         self._access_logs: list[AccessLog] = []
         self._states: list[StateBackend] = []
@@ -231,39 +261,58 @@ class PrometheusMetrics:
 
     def on_request(self, record: RequestRecord) -> None:
         """Count one finished request: status, timings, tokens and cost."""
+        key = (record.account, record.model, record.route, record.status,
+               record.client_disconnected, record.error_type)
+        row = self._rows.get(key)
+        if row is None:
+            row = self._row(record)
+            if len(self._rows) >= _ROWS_MAX:  # model ids come from clients: stay bounded
+                self._rows.clear()
+            self._rows[key] = row
+        get = row.child
+        get(_REQUESTS).inc()
+        if row.labels[_OUTCOME] is not None:
+            get(_OUTCOME).inc()
+        if record.latency is not None:
+            get(_DURATION).observe(record.latency)
+        if record.ttfb is not None:
+            get(_TTFB).observe(record.ttfb)
+        if record.upstream_latency is not None and record.account is not None:
+            get(_UPSTREAM).observe(record.upstream_latency)
+        counts = (record.input_tokens, record.output_tokens, record.cache_read_tokens,
+                  record.cache_write_tokens)
+        if counts == _NO_USAGE:
+            return
+        for i, count in enumerate(counts):
+            if count is not None and count > 0:
+                get(_TOKENS + i).inc(count)
+        if row.price is None:
+            get(_UNPRICED).inc()
+            return
+        cost = row.price.cost(*(c or 0 for c in counts))
+        if cost > 0:
+            get(_COST).inc(cost)
+
+    def _row(self, record: RequestRecord) -> _Row:
+        # The labels of each metric for one combination of request fields, resolved once;
+        # a child is made on first use only, so a series appears when it is counted.
         account = record.account or "none"
         model = self._models(record.model)
         route = record.route if record.route in ROUTES else "other"
         disconnected = record.client_disconnected or record.status == 499
-        status = "499" if disconnected else str(record.status)
-        self._child(self.requests, account, model, route, status).inc()
+        outcome: tuple[Any, tuple[str, ...]] | None = None
         if disconnected:
-            self._child(self.disconnects, account, route).inc()
+            outcome = (self.disconnects, (account, route))
         elif record.status == 0 or record.status >= 400 or record.error_type is not None:
             error_type = record.error_type if record.error_type in ERROR_TYPES else "other"
-            self._child(self.errors, account, route, error_type).inc()
-        if record.latency is not None:
-            self._child(self.duration, route, model).observe(record.latency)
-        if record.ttfb is not None:
-            self._child(self.ttfb, route, model).observe(record.ttfb)
-        if record.upstream_latency is not None and record.account is not None:
-            self._child(self.upstream_latency, account, route).observe(record.upstream_latency)
-        used = False
-        for kind, attr in TOKEN_KINDS:
-            count = getattr(record, attr)
-            if count is not None:
-                used = True
-                if count > 0:
-                    self._child(self.tokens, account, model, kind).inc(count)
-        if used:
-            cost = self.pricing.cost(record.model, input_tokens=record.input_tokens,
-                                     output_tokens=record.output_tokens,
-                                     cache_read_tokens=record.cache_read_tokens,
-                                     cache_write_tokens=record.cache_write_tokens)
-            if cost is None:
-                self._child(self.unpriced, model).inc()
-            elif cost > 0:
-                self._child(self.cost, account, model).inc(cost)
+            outcome = (self.errors, (account, route, error_type))
+        status = "499" if disconnected else str(record.status)
+        labels = [(self.requests, (account, model, route, status)), outcome,
+                  (self.duration, (route, model)), (self.ttfb, (route, model)),
+                  (self.upstream_latency, (account, route)),
+                  *((self.tokens, (account, model, kind)) for kind, _ in TOKEN_KINDS),
+                  (self.cost, (account, model)), (self.unpriced, (model,))]
+        return _Row(self, labels, self.pricing.price_for(record.model))
 
     # -- pool events and hooks -----------------------------------------------------------
 

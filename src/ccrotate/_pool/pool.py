@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from cachetools import TTLCache
+from cachetools import Cache, TTLCache
 
 from ccrotate._accounts.model import Account, AccountKind
 from ccrotate._checks import has_methods, is_callable, positive
@@ -289,7 +289,10 @@ class AccountPool:
                                              f"({rt.account.max_concurrent})", retry_after=1.0,
                                              at_capacity=True)
             else:
-                model = context.model if context is not None and self._denied else None
+                # Cache.__len__, not len(): TTLCache's expires entries first (~5 µs per
+                # request); an expired entry left here only costs a lookup that misses.
+                model = context.model if context is not None and Cache.__len__(
+                    self._denied) else None
                 candidates = self._candidates(now, exclude, model)
                 if not candidates:
                     raise self._unavailable_all(now, exclude, model)

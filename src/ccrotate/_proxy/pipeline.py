@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from ccrotate._asgi import (
-    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -78,9 +77,12 @@ class Pipeline:
                                route=route.name, method=route.method)
         t0 = time.perf_counter()
         try:
-            prepared = await self._prepare(route, scope, receive, send, record)
-            if prepared is not None:
-                await self._serve(prepared, receive, send, record, t0)
+            # Refusals speak the route's dialect: OpenAI clients understand only theirs.
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await _refuse(send, record, route, refusal)
+            else:
+                await self._handle(route, scope, receive, send, record, t0)
         finally:
             record.latency = time.perf_counter() - t0
             for observer in self.observers:
@@ -90,84 +92,119 @@ class Pipeline:
                 except Exception:
                     log.exception("observer %r failed on a request record", observer)
 
-    async def _prepare(self, route: Route, scope: Scope, receive: Receive, send: Send,
-                       record: RequestRecord) -> Prepared | None:
-        # Refusals speak the route's dialect: OpenAI clients understand only theirs.
+    def _refusal(self, scope: Scope) -> Failed | None:
         if self.authenticate is not None and not self.authenticate(scope["headers"]):
-            await _refuse(send, record, route, Failed.of(
-                401, "authentication_error", "ccrotate: invalid or missing client key"))
-            return None
+            return Failed.of(401, "authentication_error", "ccrotate: invalid or missing client key")
         if not json_body_ok(scope):
             # text/plain is how a web page skips the CORS preflight (docs/security.md).
-            await _refuse(send, record, route, Failed.of(
-                415, "invalid_request_error",
-                "ccrotate: the request body must be application/json"))
-            return None
-        try:
-            body = await read_body(scope, receive, self.max_body_size, self.body_timeout)
-        except BodyTooLarge:
-            await _refuse(send, record, route, Failed.of(
-                413, "request_too_large",
-                f"ccrotate: request body exceeds {self.max_body_size} bytes"))
-            return None
-        except BodyTimeout:
-            failed = Failed.of(408, "timeout_error", "ccrotate: request body not received "
-                               f"within {self.body_timeout:g} s")
-            # The rest of the body may still be trickling in: end the connection with it.
-            failed.headers.append((b"connection", b"close"))
-            await _refuse(send, record, route, failed)
-            return None
-        except ClientGone:
-            record.status, record.client_disconnected = 499, True
-            return None
+            return Failed.of(415, "invalid_request_error",
+                             "ccrotate: the request body must be application/json")
+        return None
+
+    async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send,
+                      record: RequestRecord, t0: float) -> None:
+        # One cancel scope for the whole request, as anyio's cost ~10 µs each
+        # (docs/benchmarks.md): a timer cancels it at the body deadline while the body
+        # arrives and at the request deadline while accounts are tried, and the disconnect
+        # watcher cancels it when the client leaves. Which one did is told apart below.
+        run = _Run()
+        with anyio.CancelScope() as cancel:
+            try:
+                body = await self._body(scope, receive, cancel)
+            except BodyTooLarge:
+                await _refuse(send, record, route, Failed.of(
+                    413, "request_too_large",
+                    f"ccrotate: request body exceeds {self.max_body_size} bytes"))
+                return
+            except ClientGone:
+                record.status, record.client_disconnected = 499, True
+                return
+            # A deadline that passed as the last bytes came cancels nothing more: a 408.
+            if not cancel.cancel_called:
+                run.body_read = True
+                await self._prepared(route, scope, body, receive, send, record, t0, cancel,
+                                     run)
+        if not run.body_read:
+            await self._body_timed_out(send, record, route)
+            return
+        if run.prepared is not None:
+            await self._served(send, run.prepared, record, cancel, run)
+
+    async def _prepared(self, route: Route, scope: Scope, body: bytes, receive: Receive,
+                        send: Send, record: RequestRecord, t0: float,
+                        cancel: anyio.CancelScope, run: _Run) -> None:
         prepared = await route.prepare(ClientRequest(scope, body, record, self.loop))
         if isinstance(prepared, Failed):
             # Already in the route's own shape, its error type already recorded.
             record.status = prepared.status
             await send_bytes(send, prepared.status, prepared.headers, prepared.body)
-            return None
-        return prepared
+            return
+        run.prepared = prepared
+        await self._serve(prepared, receive, send, record, t0, cancel, run)
+
+    async def _body(self, scope: Scope, receive: Receive, cancel: anyio.CancelScope) -> bytes:
+        if self.body_timeout is None:
+            return await read_body(scope, receive, self.max_body_size)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + self.body_timeout, cancel.cancel)
+        try:
+            return await read_body(scope, receive, self.max_body_size)
+        finally:
+            timer.cancel()
+
+    async def _body_timed_out(self, send: Send, record: RequestRecord, route: Route) -> None:
+        failed = Failed.of(408, "timeout_error", "ccrotate: request body not received "
+                           f"within {self.body_timeout:g} s")
+        # The rest of the body may still be trickling in: end the connection with it.
+        failed.headers.append((b"connection", b"close"))
+        await _refuse(send, record, route, failed)
 
     async def _serve(self, prepared: Prepared, receive: Receive, send: Send,
-                     record: RequestRecord, t0: float) -> None:
-        relayed = False
-        # A cancel scope and one plain task rather than a task group: the same semantics
-        # (the watcher cancels the scope; shielded cleanup inside still completes) for a
-        # fraction of the cost, as anyio's task group took ~50 µs of CPU per request
-        # (docs/benchmarks.md). The watcher is never awaited: it is parked in receive().
-        # The same scope carries the request deadline: it covers every attempt until an
-        # answer starts; a started answer is bounded by the read timeout between chunks.
-        with anyio.CancelScope(deadline=anyio.current_time() + self.request_timeout) as scope:
-            watcher = asyncio.get_running_loop().create_task(
-                _watch_disconnect(receive, scope, record))
-            try:
-                outcome = await self.loop.run(prepared.attempt, record)
-                scope.deadline = math.inf
-                if isinstance(outcome, Failed):
-                    record.account = outcome.account
-                    await _relay_error(send, prepared.adapter, outcome, record)
-                    relayed = True
-                else:
-                    record.account = outcome.account.name
-                    try:
-                        await _relay(send, prepared, outcome, record, t0)
-                        relayed = True
-                    finally:
-                        await outcome.response.aclose()
-                        self.loop.pool.release(outcome.account.name)
-            except OSError:
-                # ASGI spec 2.4 servers raise on send() once the client is gone.
-                record.client_disconnected = True
-            finally:
-                watcher.cancel()
-        failed = watcher.exception() if watcher.done() and not watcher.cancelled() else None
-        if failed is not None:
-            raise failed  # receive() itself failed, as a task group would have raised it
-        if relayed:
+                     record: RequestRecord, t0: float, cancel: anyio.CancelScope,
+                     run: _Run) -> None:
+        # A plain task rather than a task group: the same semantics (the watcher cancels
+        # the scope; shielded cleanup inside still completes) for a fraction of the cost,
+        # as anyio's task group took ~50 µs of CPU per request (docs/benchmarks.md). The
+        # watcher is never awaited: it is parked in receive(). The request deadline
+        # covers every attempt until an answer starts; a started answer is bounded by the
+        # read timeout between chunks.
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_at(loop.time() + self.request_timeout, cancel.cancel)
+        run.watcher = watcher = loop.create_task(_watch_disconnect(receive, cancel, record))
+        try:
+            outcome = await self.loop.run(prepared.attempt, record)
+            deadline.cancel()
+            if isinstance(outcome, Failed):
+                record.account = outcome.account
+                await _relay_error(send, prepared.adapter, outcome, record)
+                run.relayed = True
+            else:
+                record.account = outcome.account.name
+                try:
+                    await _relay(send, prepared, outcome, record, t0)
+                    run.relayed = True
+                finally:
+                    await outcome.response.aclose()
+                    self.loop.pool.release(outcome.account.name)
+        except OSError:
+            # ASGI spec 2.4 servers raise on send() once the client is gone.
+            record.client_disconnected = True
+        finally:
+            deadline.cancel()
+            watcher.cancel()
+
+    async def _served(self, send: Send, prepared: Prepared, record: RequestRecord,
+                      cancel: anyio.CancelScope, run: _Run) -> None:
+        watcher = run.watcher
+        if watcher is not None and watcher.done() and not watcher.cancelled():
+            failed = watcher.exception()
+            if failed is not None:
+                raise failed  # receive() itself failed, as a task group would have raised it
+        if run.relayed:
             # Servers answer receive() with http.disconnect once the response is complete,
             # and the watcher may read that before it is cancelled: not a client leaving.
             record.client_disconnected = False
-        elif scope.cancelled_caught and not record.client_disconnected:
+        elif cancel.cancelled_caught and not record.client_disconnected:
             await self._deadline_passed(send, prepared, record)
         if record.client_disconnected:
             record.status = 499
@@ -180,6 +217,17 @@ class Pipeline:
                 f"{math.ceil(self.request_timeout)} s (request_timeout)"), record)
         except OSError:
             record.client_disconnected = True
+
+
+class _Run:
+    # What one request reached inside its cancel scope, read once the scope is left.
+    __slots__ = ("body_read", "prepared", "relayed", "watcher")
+
+    def __init__(self) -> None:
+        self.body_read = False
+        self.prepared: Prepared | None = None
+        self.relayed = False
+        self.watcher: asyncio.Task[None] | None = None
 
 
 async def _refuse(send: Send, record: RequestRecord, route: Route, failed: Failed) -> None:
