@@ -292,10 +292,17 @@ class StateSync:
     async def _subscriber(self) -> None:
         while True:
             if not self.backend.health().degraded:
-                async with contextlib.aclosing(self.backend.listen(self._listening.set)
-                                               ) as changes:
-                    async for change in changes:
-                        await self._announced(change)
+                async with anyio.create_task_group() as tg:
+                    def ready(tg: anyio.abc.TaskGroup = tg) -> None:
+                        self._listening.set()
+                        # What was announced before this subscription (while the store was
+                        # away, or between its return and now) is only in the holds: read
+                        # them once, now that nothing later can be missed.
+                        tg.start_soon(self._pull_holds, None)
+
+                    async with contextlib.aclosing(self.backend.listen(ready)) as changes:
+                        async for change in changes:
+                            await self._announced(change)
             self._listening.set()  # not listening after all: nothing to wait for at start
             # The subscription ended: the store went away. The prober brings it back.
             await anyio.sleep(self._probe)
