@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 py, str(HERE / "server.py"), "--upstream", url, "--server", args.server],
                 proxy_cpu, env=env)
             procs["ccrotate_redis"].wait_port()
-        else:
+        elif not args.quick:
             log("no redis-server (or redis-py): the shared-state figures are skipped")
         idle = {t: procs[t].rss_kb() for t in ("minimal", "ccrotate")}
         log(f"servers up (upstream, minimal, ccrotate: {url}); pinned={pin}")
