@@ -21,6 +21,7 @@ from typing import Any
 
 import anthropic
 import anyio
+import anyio.lowlevel
 import httpx
 import httpx2
 import pytest
@@ -817,10 +818,11 @@ async def test_aiohttp_starts_at_once_share_one_session_and_close_waits_for_it()
     await upstream.start()
     assert upstream._session is session
     await upstream.aclose()
-    assert session.closed and upstream._session is None
+    assert session.closed
+    assert upstream._session is None
     async with anyio.create_task_group() as tg:
         tg.start_soon(upstream.start)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         tg.start_soon(upstream.aclose)
     await upstream.aclose()
     assert upstream._session is None
