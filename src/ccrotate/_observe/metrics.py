@@ -327,14 +327,19 @@ class PrometheusMetrics:
         if counts != _NO_USAGE:
             self._usage(row, counts)
 
-    def _usage(self, row: _Row, counts: tuple[int | None, ...]) -> None:
-        for i, count in enumerate(counts):
+    @staticmethod
+    def _usage(row: _Row, counts: tuple[int | None, int | None, int | None, int | None]
+               ) -> None:
+        i = _TOKENS
+        for count in counts:
             if count is not None and count > 0:
-                row.cell(_TOKENS + i)[0] += count
+                row.cell(i)[0] += count
+            i += 1
         if row.price is None:
             row.cell(_UNPRICED)[0] += 1.0
             return
-        cost = row.price.cost(*(c or 0 for c in counts))
+        n_in, n_out, n_read, n_write = counts
+        cost = row.price.cost(n_in or 0, n_out or 0, n_read or 0, n_write or 0)
         if cost > 0:
             row.cell(_COST)[0] += cost
 
