@@ -675,7 +675,10 @@ class AccountPool:
                 return entry[0], True
             self.affinity_counts["rebind" if entry is not None else "miss"] += 1
         chosen = self._strategy.select(candidates, context or _NO_CONTEXT)
-        if not any(c.name == chosen for c in candidates):
+        for c in candidates:  # a loop, not any(): no generator per request
+            if c.name == chosen:
+                break
+        else:
             # A custom strategy must never hand out a cooling or unknown account.
             raise ValueError(f"strategy chose {chosen!r}, which is not a candidate")
         if key is not None and bindings is not None:
