@@ -271,15 +271,17 @@ async def _relay(send: Send, prepared: Prepared, won: Won, record: RequestRecord
     record.ttfb = time.perf_counter() - t0
     stream = adapter.stream(won)
     scanner = won.scanner
+    # A pass-through stream (Anthropic's) is not called per chunk: the bytes go as they came.
+    feed = None if getattr(stream, "passthrough", False) else stream.feed
     for chunk in won.head:  # the scanner has already seen the head
-        data = stream.feed(chunk)
+        data = chunk if feed is None else feed(chunk)
         if data:
             await send({"type": "http.response.body", "body": data, "more_body": True})
     try:
         async for chunk in resp.chunks():
             if scanner is not None:
                 scanner.feed(chunk)
-            data = stream.feed(chunk)
+            data = chunk if feed is None else feed(chunk)
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
     except UpstreamError as exc:
