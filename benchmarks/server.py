@@ -47,9 +47,11 @@ def configure(upstream: str) -> object:
     if unknown:
         raise SystemExit(f"CCROTATE_BENCH_OFF: unknown {sorted(unknown)}")
     # CCROTATE_BENCH_STATE_URL: the same server on a shared Redis state backend.
+    # state_url only when set: a tree from before shared state (--ccrotate-path) has none.
+    shared = os.environ.get("CCROTATE_BENCH_STATE_URL")
     settings = Settings(upstream_url=upstream, hot_reload=False,
                         auth_tokens=() if "auth" in off else (CLIENT_KEY,),
-                        state_url=os.environ.get("CCROTATE_BENCH_STATE_URL") or None)
+                        **({"state_url": shared} if shared else {}))
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
     rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=AiohttpUpstream(

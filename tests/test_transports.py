@@ -21,6 +21,7 @@ from typing import Any
 
 import anthropic
 import anyio
+import anyio.lowlevel
 import httpx
 import httpx2
 import pytest
@@ -803,3 +804,25 @@ def test_proxy_over_httpx_upstream_with_pytest_httpx(pool: AccountPool,
     # The proxy's shutdown closed its transport, but the client is the test's to close.
     assert not client.is_closed
     anyio.run(client.aclose)
+
+
+async def test_aiohttp_starts_at_once_share_one_session_and_close_waits_for_it() -> None:
+    """Requests that open the pool together get one session; a close during the
+    opening leaves none behind (the Rotator opens it in the background)."""
+    upstream = AiohttpUpstream()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(upstream.start)
+    session = upstream._session
+    assert session is not None
+    await upstream.start()
+    assert upstream._session is session
+    await upstream.aclose()
+    assert session.closed
+    assert upstream._session is None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(upstream.start)
+        await anyio.lowlevel.checkpoint()
+        tg.start_soon(upstream.aclose)
+    await upstream.aclose()
+    assert upstream._session is None

@@ -381,7 +381,11 @@ class SSEScanner:
             end = buf.find(b"\n\n", start)
             if end < 0:
                 break
-            self._event(buf[start:end])
+            # Most events (the deltas) are not watched: counted without a slice or a call.
+            if buf.startswith(_WATCHED, start, end):
+                self._event(buf[start:end])
+            else:
+                self.events += 1
             start = end + 2
         self._buf = buf[start:] if start < len(buf) else b""
 

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import httpx
-
 from ccrotate._cli.common import BindError, bind_socket, command
 
 if TYPE_CHECKING:
+    import httpx
+
     from ccrotate._server.config import Settings
 
 __all__ = ["run_demo"]
@@ -173,6 +173,7 @@ def run_demo(*, port: int = 0, exit_after: bool = False, out: TextIO) -> int:
         base = stack.enter_context(_serve_on(rotator.app, sock, settings))
         print(f"ccrotate demo: proxy on {base}, fake Anthropic upstream on {upstream.url}\n",
               file=out)
+        import httpx  # the demo's client only: `ccrotate serve` never pays for its import
         with httpx.Client(base_url=base, timeout=30) as client:
             _tour(client, fake, rotator.pool, out)
         if exit_after:

@@ -16,8 +16,13 @@ per-request (ids, paths) is ever a label.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import math
 import re
+import threading
+import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -64,25 +69,75 @@ _REQUESTS, _OUTCOME, _DURATION, _TTFB, _UPSTREAM, _TOKENS = range(6)
 _COST, _UNPRICED = _TOKENS + len(TOKEN_KINDS), _TOKENS + len(TOKEN_KINDS) + 1
 
 
-class _Row:
-    # One combination of request labels: each metric's labels, its children once made,
-    # and the model's price.
-    __slots__ = ("children", "labels", "metrics", "price")
+class _Family:
+    # One metric's series in plain Python: label values -> a cell that the request path
+    # bumps without a lock or a call. A counter's cell is [value, created], a histogram's
+    # [sum, created, count per bucket...] (bucket i: the first upper bound >= the value,
+    # as prometheus_client files it). They become Prometheus samples at scrape time only.
+    __slots__ = ("bounds", "doc", "kind", "labelnames", "name", "series")
 
-    def __init__(self, metrics: PrometheusMetrics,
-                 labels: list[tuple[Any, tuple[str, ...]] | None],
+    def __init__(self, name: str, doc: str, labelnames: tuple[str, ...],
+                 bounds: tuple[float, ...] | None = None) -> None:
+        self.name = name
+        self.doc = doc
+        self.kind = "counter" if bounds is None else "histogram"
+        self.labelnames = labelnames
+        # With +Inf last, as prometheus_client's own histograms.
+        self.bounds = None if bounds is None else (*bounds, math.inf)
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def cell(self, labels: tuple[str, ...]) -> list[float]:
+        cell = self.series.get(labels)
+        if cell is None:
+            if self.bounds is None:
+                cell = [0.0, time.time()]
+            else:
+                cell = [0.0, time.time(), *(0.0 for _ in self.bounds)]
+            # setdefault: a series made by two threads at once is still one series.
+            cell = self.series.setdefault(labels, cell)
+        return cell
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self.cell(labels)[0] += amount
+
+    def metric(self, pc: Any, created: bool) -> Any:
+        # Exactly the samples prometheus_client's Counter and Histogram give, in order.
+        metric = pc.metrics_core.Metric(self.name, self.doc, self.kind)
+        add, names, bounds = metric.add_sample, self.labelnames, self.bounds
+        for labels, cell in self.series.copy().items():
+            base = dict(zip(names, labels, strict=True))
+            if bounds is None:
+                add(self.name + "_total", base, cell[0], None, None)
+            else:
+                acc = 0.0
+                for bound, count in zip(bounds, cell[2:], strict=True):
+                    acc += count
+                    add(self.name + "_bucket", {**base, "le": pc.utils.floatToGoString(bound)},
+                        acc, None, None)
+                add(self.name + "_count", base, acc, None, None)
+                add(self.name + "_sum", base, cell[0], None, None)
+            if created:
+                add(self.name + "_created", base, cell[1], None, None)
+        return metric
+
+
+class _Row:
+    # One combination of request labels: each family's label values, its cells once made
+    # (a series appears when it is first counted), and the model's price.
+    __slots__ = ("cells", "labels", "price")
+
+    def __init__(self, labels: list[tuple[_Family, tuple[str, ...]] | None],
                  price: ModelPrice | None) -> None:
-        self.metrics = metrics
         self.labels = labels
-        self.children: list[Any] = [None] * len(labels)
+        self.cells: list[list[float] | None] = [None] * len(labels)
         self.price = price
 
-    def child(self, i: int) -> Any:
-        child = self.children[i]
-        if child is None:
-            metric, labels = self.labels[i]  # type: ignore[misc]  # None only for _OUTCOME
-            child = self.children[i] = self.metrics._child(metric, *labels)
-        return child
+    def cell(self, i: int) -> list[float]:
+        cell = self.cells[i]
+        if cell is None:
+            family, labels = self.labels[i]  # type: ignore[misc]  # None only for _OUTCOME
+            cell = self.cells[i] = family.cell(labels)
+        return cell
 
 
 def _buckets(owner: str, field: str, values: Iterable[float]) -> tuple[float, ...]:
@@ -164,60 +219,47 @@ class PrometheusMetrics:
                  ttfb_buckets: Iterable[float] = TTFB_BUCKETS) -> None:
         latency_buckets, ttfb_buckets = _checked(namespace, max_models, latency_buckets,
                                                  ttfb_buckets)
-        pc = _prometheus()
-        self.registry = registry if registry is not None else pc.CollectorRegistry()
+        if importlib.util.find_spec("prometheus_client") is None:
+            _prometheus()  # the ImportError with the install hint
         self.pricing = pricing if pricing is not None else PricingTable.load()
         self.namespace = namespace
         # The same rule the proxy enforces on requests: anything it let through may be
         # a label, garbage never (a record may come from elsewhere than the proxy).
         self._models = _Bounded(max_models, MODEL_ID_SHAPE)
         self._outcomes = _Bounded(16, _OUTCOME_SHAPE)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._rows: dict[tuple[Any, ...], _Row] = {}
         self._pools: list[AccountPool] = []
         self._access_logs: list[AccessLog] = []
         self._states: list[StateBackend] = []
-        ns, reg = namespace, self.registry
-
-        def counter(name: str, doc: str, *labels: str) -> Any:
-            return pc.Counter(name, doc, labels, namespace=ns, registry=reg)
-
-        def histogram(name: str, doc: str, buckets: Iterable[float], *labels: str) -> Any:
-            return pc.Histogram(name, doc, labels, namespace=ns, registry=reg,
-                                buckets=tuple(buckets))
-
-        self.requests = counter("requests", "Client requests by the status the client saw "
-                                "(499: the client went away first).",
-                                "account", "model", "route", "status")
-        self.errors = counter("request_errors", "Requests that ended in an error, by error "
-                              "type (client disconnects are not errors).",
-                              "account", "route", "error_type")
-        self.disconnects = counter("client_disconnects", "Requests the client abandoned "
-                                   "before the answer was complete.", "account", "route")
-        self.duration = histogram("request_duration_seconds", "Whole request time, from "
-                                  "arrival to the last byte.", latency_buckets, "route", "model")
-        self.ttfb = histogram("ttfb_seconds", "Time from arrival to the first response byte "
-                              "sent to the client.", ttfb_buckets, "route", "model")
-        self.upstream_latency = histogram("upstream_latency_seconds", "Time from sending the "
-                                          "winning attempt upstream to its response head.",
-                                          ttfb_buckets, "account", "route")
-        self.failovers = counter("failovers", "Attempts that failed over to another account, "
-                                 "by the account that failed and why.", "account", "reason")
-        self.cooldowns = counter("cooldowns", "Cooldowns started (an account became "
-                                 "rate-limited).", "account")
-        self.refreshes = counter("token_refreshes", "OAuth token refreshes by outcome.",
-                                 "account", "outcome")
-        self.tokens = counter("tokens", "Tokens reported by the upstream, by kind (input, "
-                              "output, cache_read, cache_write).", "account", "model", "kind")
-        self.cost = counter("cost_usd", "Estimated cost in USD from the pricing table.",
-                            "account", "model")
-        self.unpriced = counter("unpriced_requests", "Requests with usage but a model the "
-                                "pricing table does not know (their cost is not counted).",
-                                "model")
-        self.collector = _PoolCollector(self)
-        self.registry.register(self.collector)
+        families = _request_families(namespace, latency_buckets, ttfb_buckets)
+        (self.requests, self.errors, self.disconnects, self.duration, self.ttfb,
+         self.upstream_latency, self.failovers, self.cooldowns, self.refreshes, self.tokens,
+         self.cost, self.unpriced) = families
+        self._collectors = (_RequestCollector(families), _PoolCollector(self))
+        self.collector = self._collectors[1]
+        # prometheus_client is imported when the registry is first needed (a scrape, or
+        # the caller's own registry): the request path never touches it.
+        self._registry: Any = None
+        self._lock = threading.Lock()
+        if registry is not None:
+            self._register(registry)
         if pool is not None:
             self.attach(pool)
+
+    @property
+    def registry(self) -> Any:
+        """The ``prometheus_client`` registry these metrics are in (a private one, made on
+        first use, unless one was passed)."""
+        if self._registry is None:
+            with self._lock:
+                if self._registry is None:
+                    self._register(_prometheus().CollectorRegistry())
+        return self._registry
+
+    def _register(self, registry: Any) -> None:
+        for collector in self._collectors:
+            registry.register(collector)
+        self._registry = registry
 
     def __repr__(self) -> str:
         return f"<PrometheusMetrics namespace={self.namespace!r} pools={len(self._pools)}>"
@@ -243,21 +285,14 @@ class PrometheusMetrics:
     @property
     def app(self) -> MetricsApp:
         """An ASGI app answering ``GET`` with this registry in the Prometheus text format."""
-        return MetricsApp(self.registry)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        return MetricsApp(_Registry(self))
 
     # -- Observer ------------------------------------------------------------------------
 
     def on_failover(self, record: RequestRecord, failover: Failover) -> None:
         """Count one failed-over attempt."""
         reason = failover.reason if failover.reason in REASONS else "other"
-        self._child(self.failovers, failover.account, reason).inc()
+        self.failovers.inc((failover.account, reason))
 
     def on_request(self, record: RequestRecord) -> None:
         """Count one finished request: status, timings, tokens and cost."""
@@ -269,29 +304,44 @@ class PrometheusMetrics:
             if len(self._rows) >= _ROWS_MAX:  # model ids come from clients: stay bounded
                 self._rows.clear()
             self._rows[key] = row
-        get = row.child
-        get(_REQUESTS).inc()
+        cells, get = row.cells, row.cell
+        (cells[_REQUESTS] or get(_REQUESTS))[0] += 1.0
         if row.labels[_OUTCOME] is not None:
-            get(_OUTCOME).inc()
-        if record.latency is not None:
-            get(_DURATION).observe(record.latency)
-        if record.ttfb is not None:
-            get(_TTFB).observe(record.ttfb)
-        if record.upstream_latency is not None and record.account is not None:
-            get(_UPSTREAM).observe(record.upstream_latency)
+            get(_OUTCOME)[0] += 1.0
+        # A histogram's cell: [sum, created, buckets...]; the bucket is the first upper
+        # bound >= the value.
+        if (value := record.latency) is not None:
+            cell = cells[_DURATION] or get(_DURATION)
+            cell[0] += value
+            cell[bisect_left(self.duration.bounds, value) + 2] += 1.0  # type: ignore[arg-type]
+        if (value := record.ttfb) is not None:
+            cell = cells[_TTFB] or get(_TTFB)
+            cell[0] += value
+            cell[bisect_left(self.ttfb.bounds, value) + 2] += 1.0  # type: ignore[arg-type]
+        if (value := record.upstream_latency) is not None and record.account is not None:
+            cell = cells[_UPSTREAM] or get(_UPSTREAM)
+            cell[0] += value
+            cell[bisect_left(self.upstream_latency.bounds, value) + 2] += 1.0  # type: ignore[arg-type]
         counts = (record.input_tokens, record.output_tokens, record.cache_read_tokens,
                   record.cache_write_tokens)
-        if counts == _NO_USAGE:
-            return
-        for i, count in enumerate(counts):
+        if counts != _NO_USAGE:
+            self._usage(row, counts)
+
+    @staticmethod
+    def _usage(row: _Row, counts: tuple[int | None, int | None, int | None, int | None]
+               ) -> None:
+        i = _TOKENS
+        for count in counts:
             if count is not None and count > 0:
-                get(_TOKENS + i).inc(count)
+                row.cell(i)[0] += count
+            i += 1
         if row.price is None:
-            get(_UNPRICED).inc()
+            row.cell(_UNPRICED)[0] += 1.0
             return
-        cost = row.price.cost(*(c or 0 for c in counts))
+        n_in, n_out, n_read, n_write = counts
+        cost = row.price.cost(n_in or 0, n_out or 0, n_read or 0, n_write or 0)
         if cost > 0:
-            get(_COST).inc(cost)
+            row.cell(_COST)[0] += cost
 
     def _row(self, record: RequestRecord) -> _Row:
         # The labels of each metric for one combination of request fields, resolved once;
@@ -300,19 +350,20 @@ class PrometheusMetrics:
         model = self._models(record.model)
         route = record.route if record.route in ROUTES else "other"
         disconnected = record.client_disconnected or record.status == 499
-        outcome: tuple[Any, tuple[str, ...]] | None = None
+        outcome: tuple[_Family, tuple[str, ...]] | None = None
         if disconnected:
             outcome = (self.disconnects, (account, route))
         elif record.status == 0 or record.status >= 400 or record.error_type is not None:
             error_type = record.error_type if record.error_type in ERROR_TYPES else "other"
             outcome = (self.errors, (account, route, error_type))
         status = "499" if disconnected else str(record.status)
-        labels = [(self.requests, (account, model, route, status)), outcome,
+        labels: list[tuple[_Family, tuple[str, ...]] | None] = [
+                  (self.requests, (account, model, route, status)), outcome,
                   (self.duration, (route, model)), (self.ttfb, (route, model)),
                   (self.upstream_latency, (account, route)),
                   *((self.tokens, (account, model, kind)) for kind, _ in TOKEN_KINDS),
                   (self.cost, (account, model)), (self.unpriced, (model,))]
-        return _Row(self, labels, self.pricing.price_for(record.model))
+        return _Row(labels, self.pricing.price_for(record.model))
 
     # -- pool events and hooks -----------------------------------------------------------
 
@@ -323,7 +374,7 @@ class PrometheusMetrics:
         if (not event.remote and event.event is Event.RATE_LIMITED
                 and event.after is AccountState.RATE_LIMITED
                 and event.before is not AccountState.RATE_LIMITED):
-            self._child(self.cooldowns, event.account).inc()
+            self.cooldowns.inc((event.account,))
 
     def record_refresh(self, account: str, outcome: str) -> None:
         """Count one OAuth token refresh of ``account``.
@@ -331,7 +382,67 @@ class PrometheusMetrics:
         ``outcome`` is a short word such as ``success``, ``failure`` or
         ``invalid_grant``; odd or too many distinct values count as ``other``.
         """
-        self._child(self.refreshes, account, self._outcomes(outcome.lower())).inc()
+        self.refreshes.inc((account, self._outcomes(outcome.lower())))
+
+
+def _request_families(ns: str, latency: tuple[float, ...],
+                      ttfb: tuple[float, ...]) -> tuple[_Family, ...]:
+    # In prometheus_client's registration order of old, which is the exposition's order.
+    return (
+        _Family(f"{ns}_requests", "Client requests by the status the client saw (499: the "
+                "client went away first).", ("account", "model", "route", "status")),
+        _Family(f"{ns}_request_errors", "Requests that ended in an error, by error type "
+                "(client disconnects are not errors).", ("account", "route", "error_type")),
+        _Family(f"{ns}_client_disconnects", "Requests the client abandoned before the answer "
+                "was complete.", ("account", "route")),
+        _Family(f"{ns}_request_duration_seconds", "Whole request time, from arrival to the "
+                "last byte.", ("route", "model"), latency),
+        _Family(f"{ns}_ttfb_seconds", "Time from arrival to the first response byte sent to "
+                "the client.", ("route", "model"), ttfb),
+        _Family(f"{ns}_upstream_latency_seconds", "Time from sending the winning attempt "
+                "upstream to its response head.", ("account", "route"), ttfb),
+        _Family(f"{ns}_failovers", "Attempts that failed over to another account, by the "
+                "account that failed and why.", ("account", "reason")),
+        _Family(f"{ns}_cooldowns", "Cooldowns started (an account became rate-limited).",
+                ("account",)),
+        _Family(f"{ns}_token_refreshes", "OAuth token refreshes by outcome.",
+                ("account", "outcome")),
+        _Family(f"{ns}_tokens", "Tokens reported by the upstream, by kind (input, output, "
+                "cache_read, cache_write).", ("account", "model", "kind")),
+        _Family(f"{ns}_cost_usd", "Estimated cost in USD from the pricing table.",
+                ("account", "model")),
+        _Family(f"{ns}_unpriced_requests", "Requests with usage but a model the pricing table "
+                "does not know (their cost is not counted).", ("model",)),
+    )
+
+
+class _RequestCollector:
+    # The request counters and histograms, turned into Prometheus families when scraped.
+
+    def __init__(self, families: tuple[_Family, ...]) -> None:
+        self._families = families
+
+    def describe(self) -> list[Any]:
+        metric = _prometheus().metrics_core.Metric
+        return [metric(f.name, f.doc, f.kind) for f in self._families]
+
+    def collect(self) -> list[Any]:
+        pc = _prometheus()
+        # Read at each scrape, as prometheus_client's own metrics do
+        # (PROMETHEUS_DISABLE_CREATED_SERIES, disable_created_metrics()).
+        created = pc.metrics._use_created
+        return [family.metric(pc, created) for family in self._families]
+
+
+class _Registry:
+    # What MetricsApp renders: the metrics' registry, made (and prometheus_client
+    # imported) at the first scrape rather than when the server starts.
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        return self._metrics.registry.collect()  # type: ignore[no-any-return]
 
 
 class _PoolCollector:
@@ -340,11 +451,11 @@ class _PoolCollector:
 
     def __init__(self, metrics: PrometheusMetrics) -> None:
         self._metrics = metrics
-        self._pc = _prometheus()
 
     def _families(self) -> dict[str, Any]:
-        ns, gauge = self._metrics.namespace, self._pc.core.GaugeMetricFamily
-        counter = self._pc.core.CounterMetricFamily
+        pc = _prometheus()
+        ns, gauge = self._metrics.namespace, pc.core.GaugeMetricFamily
+        counter = pc.core.CounterMetricFamily
         return {
             "out": gauge(f"{ns}_account_out_reason", "1 for why an account is not serving "
                          "(quota, throttle, spend_cap, overloaded, ...); absent while it serves.",
@@ -442,7 +553,6 @@ class MetricsApp:
 
     def __init__(self, registry: Any) -> None:
         self.registry = registry
-        self._pc = _prometheus()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -454,7 +564,7 @@ class MetricsApp:
         for key, value in scope["headers"]:
             if key == b"accept":
                 accept = value.decode("latin-1")
-        encoder, content_type = self._pc.exposition.choose_encoder(accept)
+        encoder, content_type = _prometheus().exposition.choose_encoder(accept)
         body: bytes = await anyio.to_thread.run_sync(encoder, self.registry)
         headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
         if scope["method"] == "HEAD":

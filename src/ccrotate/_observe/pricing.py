@@ -184,13 +184,15 @@ class PricingTable:
              output_tokens: int | None = None, cache_read_tokens: int | None = None,
              cache_write_tokens: int | None = None) -> float | None:
         """Estimated USD of one request; ``None`` for an unknown model or no usage at all."""
-        counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
-        if all(c is None for c in counts):
+        # Spelled out rather than generators: this runs for every access-log entry.
+        if (input_tokens is None and output_tokens is None and cache_read_tokens is None
+                and cache_write_tokens is None):
             return None
         price = self.price_for(model)
         if price is None:
             return None
-        return price.cost(*(c or 0 for c in counts))
+        return price.cost(input_tokens or 0, output_tokens or 0, cache_read_tokens or 0,
+                          cache_write_tokens or 0)
 
 
 def _rates(entry: Mapping[str, Any], where: str) -> Rates:

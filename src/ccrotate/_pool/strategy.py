@@ -88,7 +88,16 @@ class SelectionStrategy(Protocol):
 
 def _best_tier(candidates: Sequence[Candidate]) -> list[Candidate]:
     # Lower priority numbers are preferred; higher tiers only serve when the best is empty.
-    top = min(c.priority for c in candidates)
+    # Loops rather than min() over a generator: this runs per request.
+    top = candidates[0].priority
+    mixed = False
+    for c in candidates:
+        if c.priority != top:
+            mixed = True
+            if c.priority < top:
+                top = c.priority
+    if not mixed:
+        return list(candidates)
     return [c for c in candidates if c.priority == top]
 
 
@@ -133,14 +142,18 @@ class RoundRobin:
         tier = _best_tier(candidates)  # never empty: candidates is not
         weighted = [c for c in tier if c.weight > 0] or tier
         total = 0
+        best_name: str | None = None
+        best_value = 0
         for c in weighted:
             w = c.weight or 1
             total += w
-            current[c.name] = current.get(c.name, 0) + w
-        # max() keeps the first of equal values, so ties go to file order.
-        best = max(weighted, key=lambda c: current[c.name])
-        current[best.name] -= total
-        return best.name
+            name = c.name
+            value = current[name] = current.get(name, 0) + w
+            # Strictly greater: the first of equal values wins, so ties go to file order.
+            if best_name is None or value > best_value:
+                best_name, best_value = name, value
+        current[best_name] -= total  # type: ignore[index]  # weighted is never empty
+        return best_name  # type: ignore[return-value]
 
     def forget(self, names: Iterable[str]) -> None:
         for name in names:

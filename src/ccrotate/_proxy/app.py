@@ -321,6 +321,8 @@ class RotationMiddleware:
             root: str = scope.get("root_path", "")
             mount = root + self.prefix
             if path == mount or path.startswith(mount + "/"):
-                await self.proxy({**scope, "root_path": mount}, receive, send)
+                # Straight to the proxy's HTTP handler: one coroutine frame fewer on the
+                # hot path, resumed at every await of every request.
+                await self.proxy._http({**scope, "root_path": mount}, receive, send)
                 return
         await self.app(scope, receive, send)

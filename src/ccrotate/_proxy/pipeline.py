@@ -31,7 +31,7 @@ from ccrotate._asgi import (
     send_bytes,
 )
 from ccrotate._exceptions import UpstreamError, UpstreamProtocolError
-from ccrotate._proxy.attempts import AttemptLoop, Failed, Won
+from ccrotate._proxy.attempts import AttemptLoop, Failed, Won, run_attempts
 from ccrotate._proxy.dialects.base import ClientRequest, Prepared, ResponseAdapter, Route
 from ccrotate._proxy.record import Observer, RequestRecord, apply_usage
 from ccrotate._wire import parse_error, usage_of_body
@@ -172,7 +172,8 @@ class Pipeline:
         deadline = loop.call_at(loop.time() + self.request_timeout, cancel.cancel)
         run.watcher = watcher = loop.create_task(_watch_disconnect(receive, cancel, record))
         try:
-            outcome = await self.loop.run(prepared.attempt, record)
+            # run_attempts, not loop.run: one coroutine frame fewer to resume at each await.
+            outcome = await run_attempts(prepared.attempt, self.loop, record)
             deadline.cancel()
             if isinstance(outcome, Failed):
                 record.account = outcome.account
@@ -270,15 +271,17 @@ async def _relay(send: Send, prepared: Prepared, won: Won, record: RequestRecord
     record.ttfb = time.perf_counter() - t0
     stream = adapter.stream(won)
     scanner = won.scanner
+    # A pass-through stream (Anthropic's) is not called per chunk: the bytes go as they came.
+    feed = None if getattr(stream, "passthrough", False) else stream.feed
     for chunk in won.head:  # the scanner has already seen the head
-        data = stream.feed(chunk)
+        data = chunk if feed is None else feed(chunk)
         if data:
             await send({"type": "http.response.body", "body": data, "more_body": True})
     try:
         async for chunk in resp.chunks():
             if scanner is not None:
                 scanner.feed(chunk)
-            data = stream.feed(chunk)
+            data = chunk if feed is None else feed(chunk)
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
     except UpstreamError as exc:

@@ -130,14 +130,14 @@ class SDKApp:
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def _load(self) -> ModuleType | None:
-        # ~1 s of imports (the SDK pulls in mcp): in a thread, once, at startup.
+        # ~1 s of imports (the SDK pulls in mcp): in a thread, once, on the first SDK call,
+        # so that starting the server (and every process that never serves /sdk) skips it.
         if self._agent is None and sdk_available():
             self._agent = await anyio.to_thread.run_sync(
                 importlib.import_module, "ccrotate._sdk.agent")
         return self._agent
 
     async def __aenter__(self) -> SDKApp:
-        await self._load()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -159,7 +159,6 @@ class SDKApp:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         """Run as a :class:`Rotator` service: sessions expire; all close on cancel."""
-        await self._load()
         try:
             task_status.started()
             await self.sessions.reap_forever()

@@ -12,7 +12,9 @@ answers a clear 503 rather than running half alive.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -212,11 +214,18 @@ class Rotator:
         if self._running or self._tg is not None:
             raise ConfigError("this Rotator is already started; start it once (either "
                               "`async with rotator` or the host app's lifespan)")
-        await self.upstream.start()
+        background = _opens_in_background(self.upstream)
+        if not background:
+            await self.upstream.start()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         try:
+            if background:
+                # aiohttp's import (~0.15 s) need not hold up the server's start: it runs
+                # in a thread beside the services, and a request arriving meanwhile waits
+                # for the same opening (AiohttpUpstream.start).
+                tg.start_soon(_open_upstream, self.upstream)
             for service in self.services:
                 await tg.start(service.run)
         except BaseException as exc:
@@ -256,6 +265,21 @@ class Rotator:
         # Entered and left in the host's one lifespan task, as anyio's task group needs.
         async with self:
             yield
+
+
+def _opens_in_background(upstream: Upstream) -> bool:
+    # Only the default transport has a slow first start, and only until aiohttp is
+    # imported; one that is missing fails the start as before.
+    return (isinstance(upstream, AiohttpUpstream) and "aiohttp" not in sys.modules
+            and importlib.util.find_spec("aiohttp") is not None)
+
+
+async def _open_upstream(upstream: Upstream) -> None:
+    try:
+        await upstream.start()
+    except Exception:
+        # Not fatal to the services: each request tries to open it again, and fails alone.
+        log.exception("ccrotate: the upstream connection pool could not be opened")
 
 
 def _pool_from(settings: Settings, accounts_file: AccountsFile) -> AccountPool:

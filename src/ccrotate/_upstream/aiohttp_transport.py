@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -124,8 +126,9 @@ class AiohttpUpstream(Transport):
     Parameters:
         timeouts: connect and read timeouts, and the pool size.
 
-    Open with ``async with`` or :meth:`start` (a :class:`~ccrotate.Rotator` does it
-    in its lifespan). The session is also created lazily on the first request, so
+    Open with ``async with`` or :meth:`start` (a :class:`~ccrotate.Rotator` starts it
+    beside its services, aiohttp's import in a thread, so the server answers before it
+    is open). The session is also created lazily on the first request, so
     a proxy whose lifespan never ran still answers; only closing then relies on
     the process ending.
     """
@@ -133,9 +136,24 @@ class AiohttpUpstream(Transport):
     def __init__(self, *, timeouts: Timeouts | None = None) -> None:
         self.timeouts = timeouts or Timeouts()
         self._session: aiohttp.ClientSession | None = None
+        self._opening: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Create the connection pool (idempotent)."""
+        """Create the connection pool (idempotent; callers at the same moment share one
+        opening)."""
+        if self._session is not None and not self._session.closed:
+            return
+        opening = self._opening
+        if opening is None or opening.done():
+            opening = self._opening = asyncio.ensure_future(self._open())
+        # Shielded: a request cancelled while it waits leaves the opening to the others.
+        await asyncio.shield(opening)
+
+    async def _open(self) -> None:
+        if "aiohttp" not in sys.modules:
+            # ~0.15 s of imports and two TLS contexts read from disk: in a worker thread,
+            # so the event loop keeps serving (/health, the status API) meanwhile.
+            await anyio.to_thread.run_sync(importlib.import_module, "aiohttp")
         import aiohttp
 
         if self._session is None or self._session.closed:
@@ -154,6 +172,12 @@ class AiohttpUpstream(Transport):
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
+        opening = self._opening
+        if opening is not None and not opening.done():
+            # An opening under way (the import in its thread) ends first, so that no
+            # session appears after this close. asyncio.wait raises none of its errors.
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([opening])
         if self._session is not None:
             with anyio.CancelScope(shield=True):
                 await self._session.close()

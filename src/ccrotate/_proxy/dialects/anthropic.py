@@ -25,6 +25,8 @@ __all__ = ["ANTHROPIC", "AnthropicRoute"]
 
 class _Stream:
     __slots__ = ()
+    passthrough = True
+    """feed() returns its chunk unchanged: the pipeline may skip calling it."""
 
     def feed(self, chunk: bytes) -> bytes:
         return chunk
