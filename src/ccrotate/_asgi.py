@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 
 __all__ = ["ASGIApp", "BodyTimeout", "BodyTooLarge", "ClientGone", "Receive", "Scope", "Send",
            "api_path", "from_browser", "has_encoded_separator", "json_body_ok", "read_body",
-           "route_path", "send_bytes"]
+           "route_path", "send_bytes", "serve_lifespan"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -143,3 +144,25 @@ async def send_bytes(send: Send, status: int, headers: Sequence[tuple[bytes, byt
     await send({"type": "http.response.start", "status": status,
                 "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def serve_lifespan(app: AbstractAsyncContextManager[Any], receive: Receive,
+                         send: Send) -> None:
+    """Answer the ASGI lifespan protocol by entering ``app`` at startup and leaving it at
+    shutdown (for components served on their own, without a host app's lifespan)."""
+    started = False
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await app.__aenter__()
+                started = True
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if started:
+                await app.__aexit__(None, None, None)
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -22,6 +22,7 @@ from ccrotate._asgi import (
     has_encoded_separator,
     is_openai_client,
     send_bytes,
+    serve_lifespan,
 )
 from ccrotate._exceptions import ConfigError
 from ccrotate._pool.pool import AccountPool
@@ -216,7 +217,7 @@ class RotatingProxy:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await _lifespan(self, receive, send)
+            await serve_lifespan(self, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = api_path(scope)
@@ -244,24 +245,6 @@ class RotatingProxy:
 async def _answer(send: Send, failed: Failed) -> None:
     await send_bytes(send, failed.status, failed.headers, failed.body)
 
-
-async def _lifespan(proxy: RotatingProxy, receive: Receive, send: Send) -> None:
-    started = False
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            try:
-                await proxy.__aenter__()
-                started = True
-            except Exception as exc:
-                await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                return
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if started:
-                await proxy.__aexit__(None, None, None)
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 class RotationMiddleware:

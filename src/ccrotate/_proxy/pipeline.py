@@ -36,7 +36,7 @@ from ccrotate._proxy.dialects.base import ClientRequest, Prepared, ResponseAdapt
 from ccrotate._proxy.record import Observer, RequestRecord, apply_usage
 from ccrotate._wire import parse_error, usage_of_body
 
-__all__ = ["Authenticator", "Pipeline"]
+__all__ = ["Authenticator", "Pipeline", "watch_disconnect"]
 
 log = logging.getLogger("ccrotate.proxy")
 
@@ -170,7 +170,7 @@ class Pipeline:
         # read timeout between chunks.
         loop = asyncio.get_running_loop()
         deadline = loop.call_at(loop.time() + self.request_timeout, cancel.cancel)
-        run.watcher = watcher = loop.create_task(_watch_disconnect(receive, cancel, record))
+        run.watcher = watcher = loop.create_task(watch_disconnect(receive, cancel, record))
         try:
             # run_attempts, not loop.run: one coroutine frame fewer to resume at each await.
             outcome = await run_attempts(prepared.attempt, self.loop, record)
@@ -303,8 +303,10 @@ async def _relay(send: Send, prepared: Prepared, won: Won, record: RequestRecord
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope,
-                            record: RequestRecord) -> None:
+async def watch_disconnect(receive: Receive, scope: anyio.CancelScope,
+                           record: RequestRecord) -> None:
+    """Cancel ``scope`` when the client disconnects (and mark ``record``), once the request
+    body has been read; run as a task beside the work it guards."""
     # The body has been read in full, so this task is the only consumer of receive().
     try:
         while True:

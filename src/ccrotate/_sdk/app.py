@@ -41,6 +41,7 @@ from ccrotate._asgi import (
     json_body_ok,
     read_body,
     send_bytes,
+    serve_lifespan,
 )
 from ccrotate._exceptions import (
     NoAccountAvailable,
@@ -53,7 +54,7 @@ from ccrotate._pool.strategy import SelectionContext
 from ccrotate._pool.taxonomy import classify
 from ccrotate._proxy.attempts import Refresher
 from ccrotate._proxy.dialects.openai.translator import OpenAITranslator
-from ccrotate._proxy.pipeline import Authenticator
+from ccrotate._proxy.pipeline import Authenticator, watch_disconnect
 from ccrotate._proxy.record import Failover, Observer, RequestRecord
 from ccrotate._sdk.config import SDKConfig
 from ccrotate._sdk.events import AgentError, AgentEvent, Failure, Result
@@ -168,7 +169,7 @@ class SDKApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(self, receive, send)
+            await serve_lifespan(self, receive, send)
             return
         if kind != "http":
             return
@@ -269,7 +270,7 @@ class SDKApp:
         try:
             with anyio.CancelScope(deadline=anyio.current_time() + config.deadline) as scope:
                 watcher = asyncio.get_running_loop().create_task(
-                    _watch_disconnect(receive, scope, record))
+                    watch_disconnect(receive, scope, record))
                 try:
                     await self._attempts(agent, request, answer, session)
                 except OSError:
@@ -485,36 +486,4 @@ async def _refuse(send: Send, record: RequestRecord, status: int, type_: str, me
     await send_bytes(send, *shown)
 
 
-async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope,
-                            record: RequestRecord) -> None:
-    # The body has been read in full, so this task is the only consumer of receive().
-    try:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                record.client_disconnected = True
-                scope.cancel()
-                return
-    except Exception:
-        scope.cancel()
-        raise
-
-
-async def _lifespan(app: SDKApp, receive: Receive, send: Send) -> None:
-    started = False
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            try:
-                await app.__aenter__()
-                started = True
-            except Exception as exc:
-                await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                return
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if started:
-                await app.__aexit__(None, None, None)
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
