@@ -129,6 +129,11 @@ def _path(raw: object) -> Path:
     raise ValueError("a file path")
 
 
+def _optional_path(raw: object) -> Path | None:
+    # "" means "unset" too, so an env var can switch off what the config file set.
+    return None if raw is None or raw == "" else _path(raw)
+
+
 def _url(raw: object, *, base: bool = False) -> str:
     url = raw.strip() if isinstance(raw, str) else ""
     try:
@@ -446,15 +451,14 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("log_level", "CCROTATE_LOG_LEVEL", "logging.level",
           lambda raw: _pick(raw, LOG_LEVELS), "One of debug, info, warning, error."),
     _spec("access_log_path", "CCROTATE_ACCESS_LOG_DB", "logging.duckdb_path",
-          # "" means "no access log" too, so an env var can switch off the config file's.
-          lambda raw: None if raw is None or raw == "" else _path(raw),
+          _optional_path,
           "DuckDB file for the access log; unset: JSON lines on the ccrotate.access logger "
           "and the last 10,000 entries in memory."),
     _spec("access_log_url", "CCROTATE_ACCESS_LOG_URL", "logging.postgres_url", _database_url,
           "PostgreSQL URL for an access log that several replicas share (not with "
           "access_log_path); its password is never shown.", secret=True),
     _spec("pricing_path", "CCROTATE_PRICING_PATH", "logging.pricing_path",
-          lambda raw: None if raw is None or raw == "" else _path(raw),
+          _optional_path,
           "Pricing table (JSON) for cost estimates; unset: the one shipped with ccrotate."),
     _spec("sdk_enabled", "CCROTATE_SDK_ENABLED", "sdk.enabled", _bool,
           "Serve SDK mode at /sdk (answers 501 without the ccrotate[sdk] extra)."),
@@ -468,7 +472,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("sdk_mcp_servers", "CCROTATE_SDK_MCP_SERVERS", "sdk.mcp_servers", _mcp_servers,
           "MCP servers for the agent: a TOML table, inline JSON or a JSON file path."),
     _spec("sdk_workspace", "CCROTATE_SDK_WORKSPACE", "sdk.workspace",
-          lambda raw: None if raw is None or raw == "" else _path(raw),
+          _optional_path,
           "The agent's working directory; unset: a fresh temporary one per call."),
     _spec("sdk_max_concurrent", "CCROTATE_SDK_MAX_CONCURRENT", "sdk.max_concurrent", _int(1),
           "Agent processes running at once (and warm sessions kept)."),
@@ -481,7 +485,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec("sdk_env_allow", "CCROTATE_SDK_ENV_ALLOW", "sdk.env_allow", _env_names,
           "Further environment variables the agent inherits (beyond PATH, LANG, TZ...)."),
     _spec("sdk_cli_path", "CCROTATE_SDK_CLI_PATH", "sdk.cli_path",
-          lambda raw: None if raw is None or raw == "" else _path(raw),
+          _optional_path,
           "The Claude Code executable; unset: the one bundled with claude-agent-sdk."),
     _spec("sdk_max_turns", "CCROTATE_SDK_MAX_TURNS", "sdk.max_turns", _int(1),
           "Agent turns (model calls) per SDK call."),
