@@ -284,17 +284,10 @@ CLAUDE_CODE_SAMPLE = _sample("claude-code-2.1.197-request.json")
 def postgres_server() -> Iterator[Any]:
     """One real PostgreSQL server for the session (skips when the binaries are missing)."""
     pytest.importorskip("psycopg")
-    from pgserver import PostgresServer, find_bin_dir
+    from pgserver import running_server
 
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    server = PostgresServer(bin_dir)
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -154,17 +154,10 @@ async def test_two_replicas_read_each_others_traffic(
 @pytest.fixture
 def own_server() -> Iterator[Any]:
     """A PostgreSQL server of this test's own, to stop and start."""
-    from pgserver import PostgresServer, find_bin_dir
+    from pgserver import running_server
 
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    server = PostgresServer(bin_dir)
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 async def test_an_outage_buffers_bounded_counts_drops_and_flushes_on_return(
