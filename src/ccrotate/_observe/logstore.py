@@ -311,6 +311,27 @@ def _where_sql(where: LogFilter, mark: str = "?") -> tuple[str, list[Any]]:
     return (" AND ".join(clauses) or "TRUE"), params
 
 
+def page_sql(where: LogFilter, cursor: str | None, limit: int, offset: int, *, select: str,
+             table: str, mark: str = "?") -> tuple[str, list[Any]]:
+    """The query for a page of entries newest first, one more than ``limit`` (to tell
+    whether a next page exists), continuing after ``cursor``; ``mark`` as in _where_sql."""
+    sql, params = _where_sql(where, mark)
+    if cursor is not None:
+        ts, rid = decode_cursor(cursor)
+        sql += f" AND (ts < {mark} OR (ts = {mark} AND request_id < {mark}))"
+        params += [ts, ts, rid]
+    query = (f"SELECT {select} FROM {table} WHERE {sql} "  # noqa: S608
+             f"ORDER BY ts DESC, request_id DESC LIMIT {mark} OFFSET {mark}")
+    return query, [*params, limit + 1, offset]
+
+
+def page_of(found: Sequence[Mapping[str, Any]], limit: int) -> LogPage:
+    """A :class:`LogPage` from the rows :func:`page_sql` found (column name -> value)."""
+    page: list[Entry] = [{c: iso_time(e["ts"]) if c == "time" else e[c] for c in COLUMNS}
+                         for e in found[:limit]]
+    return LogPage(page, encode_cursor(page[-1]) if len(found) > limit and page else None)
+
+
 class DuckDBLogStore:
     """The access log in a DuckDB file (table ``access_log``), queryable with SQL.
 
@@ -375,21 +396,15 @@ class DuckDBLogStore:
 
     async def entries(self, where: LogFilter, *, limit: int, cursor: str | None = None,
                       offset: int = 0) -> LogPage:
-        sql, params = _where_sql(where)
-        if cursor is not None:
-            ts, rid = decode_cursor(cursor)
-            sql += " AND (ts < ? OR (ts = ? AND request_id < ?))"
-            params += [ts, ts, rid]
-        query = (f"SELECT {_SELECT} FROM {_TABLE} WHERE {sql} "  # noqa: S608
-                 "ORDER BY ts DESC, request_id DESC LIMIT ? OFFSET ?")
-        rows = await self._run(lambda c: c.execute(query, [*params, limit + 1, offset]).fetchall())
+        query, params = page_sql(where, cursor, limit, offset, select=_SELECT, table=_TABLE)
+        rows = await self._run(lambda c: c.execute(query, params).fetchall())
         names = [c for c in COLUMNS if c != "time"]
-        page: list[Entry] = []
-        for row in rows[:limit]:
+        found = []
+        for row in rows:
             e = dict(zip(names, row, strict=True))
             e["failovers"] = json.loads(e["failovers"] or "[]")
-            page.append({c: iso_time(e["ts"]) if c == "time" else e[c] for c in COLUMNS})
-        return LogPage(page, encode_cursor(page[-1]) if len(rows) > limit and page else None)
+            found.append(e)
+        return page_of(found, limit)
 
     async def analytics(self, where: LogFilter, *, bucket: float) -> dict[str, Any]:
         since, _ = where.window()

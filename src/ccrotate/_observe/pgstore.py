@@ -30,13 +30,13 @@ import anyio.abc
 
 from ccrotate._checks import at_least, masked_url, positive
 from ccrotate._exceptions import ConfigError
-from ccrotate._observe.entries import COLUMNS, Entry, LogFilter, iso_time
+from ccrotate._observe.entries import COLUMNS, Entry, LogFilter
 from ccrotate._observe.logstore import (
     TOKEN_KINDS,
     LogPage,
     _where_sql,
-    decode_cursor,
-    encode_cursor,
+    page_of,
+    page_sql,
     sql_analytics,
 )
 
@@ -382,19 +382,10 @@ class PostgresLogStore:
     async def entries(self, where: LogFilter, *, limit: int, cursor: str | None = None,
                       offset: int = 0) -> LogPage:
         """A page of entries, newest first (``ConnectionError`` while the database is away)."""
-        sql, params = _where_sql(where, "%s")
-        if cursor is not None:
-            ts, rid = decode_cursor(cursor)
-            sql += " AND (ts < %s OR (ts = %s AND request_id < %s))"
-            params += [ts, ts, rid]
-        query = (f"SELECT {', '.join(_READ)} FROM {self.table} WHERE {sql} "  # noqa: S608
-                 "ORDER BY ts DESC, request_id DESC LIMIT %s OFFSET %s")
-        rows = await self._query(query, [*params, limit + 1, offset])
-        page: list[Entry] = []
-        for row in rows[:limit]:
-            e = dict(zip(_READ, row, strict=True))
-            page.append({c: iso_time(e["ts"]) if c == "time" else e[c] for c in COLUMNS})
-        return LogPage(page, encode_cursor(page[-1]) if len(rows) > limit and page else None)
+        query, params = page_sql(where, cursor, limit, offset, select=", ".join(_READ),
+                                 table=self.table, mark="%s")
+        rows = await self._query(query, params)
+        return page_of([dict(zip(_READ, row, strict=True)) for row in rows], limit)
 
     async def analytics(self, where: LogFilter, *, bucket: float) -> dict[str, Any]:
         """Totals, per-account and per-model summaries and a time series over the window."""
