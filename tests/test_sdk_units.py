@@ -313,3 +313,17 @@ async def test_warm_sessions_are_capped_and_expire(tmp_path: Path) -> None:
     await sessions.expire()
     assert processes[2].closed
     assert len(sessions) == 0
+
+
+def test_the_sdk_settings_default_to_sdk_configs_defaults() -> None:
+    """The sdk_* settings repeat SDKConfig's defaults (the settings table needs literals):
+    an unchanged Settings must give exactly the SDKConfig a library user gets."""
+    from ccrotate._server.config import Settings
+    from ccrotate._server.rotator import sdk_config
+
+    settings = Settings()
+    assert sdk_config(settings) == SDKConfig(upstream_url=settings.upstream_url,
+                                             max_attempts=settings.max_attempts)
+    changed = Settings(sdk_max_concurrent=9)
+    assert sdk_config(changed) != SDKConfig(upstream_url=changed.upstream_url,
+                                            max_attempts=changed.max_attempts)
