@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from ccrotate import AccountPool, Failover, RequestRecord, RotatingProxy
+from ccrotate._proxy.watch import DEADLINE, DISCONNECT, Watches
 from ccrotate._upstream.aiohttp_transport import _Response as UpstreamResponse
 from ccrotate.testing import (
     ApiError,
@@ -405,3 +406,123 @@ async def test_an_oversized_body_is_a_413_without_upstream(
     assert h.status == 413
     assert json.loads(b"".join(h.chunks))["error"]["type"] == "request_too_large"
     assert upstream_server.app.requests == []
+
+
+# -- deadlines and disconnects: the per-loop sweeper (watch.py) --------------------------------
+
+
+async def test_a_deadline_leaves_the_tasks_cancellation_count_as_it_was(
+        upstream_server: Server, pool: AccountPool, fake_upstream: FakeUpstream) -> None:
+    """A 504 at the request deadline takes back its own cancellation: the task that ran
+    the request (the server's, here the test's) can still time out and be cancelled."""
+    gate = Gate()
+    fake_upstream.script(KEY_A, Reply(hold=gate))
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    h = Harness(request_body(stream=False))
+    try:
+        async with RotatingProxy(pool, config=fast_config(upstream_server.url,
+                                                          request_timeout=0.2)) as proxy:
+            started = anyio.current_time()
+            await h.run(proxy)
+            took = anyio.current_time() - started
+    finally:
+        gate.release()
+    assert h.status == 504
+    assert 0.2 <= took < 0.2 + 0.2  # met within a tick (a quarter of the timeout here)
+    assert task.cancelling() == 0
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+    assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
+
+
+async def test_a_cancellation_from_outside_still_propagates_past_a_fired_deadline(
+        upstream_server: Server, pool: AccountPool, fake_upstream: FakeUpstream) -> None:
+    """The server cancelling the request in the same tick as its deadline: the request
+    task ends cancelled, it does not answer 504 and carry on."""
+    gate = Gate()
+    fake_upstream.script(KEY_A, Reply(hold=gate))
+    h = Harness(request_body(stream=False))
+    try:
+        async with RotatingProxy(pool, config=fast_config(upstream_server.url,
+                                                          request_timeout=0.2)) as proxy:
+            task = asyncio.ensure_future(h.run(proxy))
+            await gate.wait_arrivals_async(1)
+            watches = proxy.pipeline._watches
+            assert watches is not None
+            assert watches.in_flight() == 1
+            # What a deadline firing does, then a cancel from outside, before either lands.
+            [watch] = watches._live
+            watch.fire(DEADLINE)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert watches.in_flight() == 0
+    finally:
+        gate.release()
+    assert h.sent == []
+    assert in_flight(pool) == {"a": 0, "b": 0, "c": 0}
+
+
+async def test_short_requests_start_no_task_and_the_sweeper_stops_when_idle(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream) -> None:
+    """A request that ends within a tick costs a set insert: no timer, no watcher task.
+    The sweeper's timer stops once nothing is in flight."""
+    before = len(asyncio.all_tasks())
+    seen: list[int] = []
+
+    async def on_send(message: MutableMapping[str, Any]) -> None:
+        seen.append(len(asyncio.all_tasks()))
+
+    for _ in range(5):
+        h = Harness(request_body(stream=False), on_send=on_send)
+        await h.run(proxy)
+        assert h.status == 200
+    watches = proxy.pipeline._watches
+    assert watches is not None
+    assert watches.in_flight() == 0
+    # While answering, no task beside the test's own (and the fixtures') ran for it.
+    assert max(seen) == before
+    await anyio.sleep(watches.tick * 3)
+    assert watches._handle is None
+
+
+async def test_a_watch_starts_its_disconnect_watcher_after_a_tick() -> None:
+    """The sweeper, alone: a request still waiting after a tick gets a watcher, which
+    cancels it when ``receive()`` says the client left; the record says so."""
+    loop = asyncio.get_running_loop()
+    watches = Watches(loop, None, 600.0)
+    gone = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    record = RequestRecord(request_id="r", started_at=0.0, route="messages", method="POST")
+    watch = watches.enter(None)
+    watch.watch(receive, record, loop.time() + 600)
+    assert watch.watcher is None
+    try:
+        await asyncio.sleep(watches.tick * 1.5)
+        assert watch.watcher is not None
+        assert not watch.watcher.done()
+        gone.set()
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        assert watch.absorb()
+    finally:
+        watches.leave(watch)
+    assert (watch.reason, record.client_disconnected) == (DISCONNECT, True)
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_watch_left_before_its_tick_is_never_cancelled() -> None:
+    """Leaving the watch ends it: a deadline passing afterwards cancels nothing."""
+    watches = Watches(asyncio.get_running_loop(), 0.04)
+    watch = watches.enter(0.04)
+    watches.leave(watch)
+    await asyncio.sleep(0.1)  # the deadline and two ticks pass; nothing is cancelled
+    assert watch.reason is None
+    assert watches.in_flight() == 0

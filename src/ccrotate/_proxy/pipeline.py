@@ -3,10 +3,10 @@
 Per request: authenticate the client, read the body, let the route prepare an
 attempt, run the attempt loop under the request deadline, then relay the
 winner through the route's adapter. While the proxy waits on the upstream or
-relays it, a sibling task listens for ``http.disconnect`` and cancels
-everything the moment the client leaves, so no tokens are spent on an answer
-nobody reads. Per-request state lives in locals only: one pipeline serves
-every request concurrently.
+relays it, a watcher listens for ``http.disconnect`` and cancels everything
+when the client leaves (within 0.1 s, see watch.py), so no tokens are spent on
+an answer nobody reads. Per-request state lives in locals only: one pipeline
+serves every request concurrently.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ccrotate._exceptions import UpstreamError, UpstreamProtocolError
 from ccrotate._proxy.attempts import AttemptLoop, Failed, Won, run_attempts
 from ccrotate._proxy.dialects.base import ClientRequest, Prepared, ResponseAdapter, Route
 from ccrotate._proxy.record import Observer, RequestRecord, apply_usage
+from ccrotate._proxy.watch import DEADLINE, Watch, Watches
 from ccrotate._wire import parse_error, usage_of_body
 
 __all__ = ["Authenticator", "Pipeline", "watch_disconnect"]
@@ -57,8 +58,8 @@ class Pipeline:
         body_timeout: seconds the client has to send its whole body (408 beyond).
     """
 
-    __slots__ = ("authenticate", "body_timeout", "loop", "max_body_size", "observers",
-                 "request_timeout")
+    __slots__ = ("_watches", "authenticate", "body_timeout", "loop", "max_body_size",
+                 "observers", "request_timeout")
 
     def __init__(self, loop: AttemptLoop, *, authenticate: Authenticator | None = None,
                  observers: list[Observer] | None = None,
@@ -70,6 +71,7 @@ class Pipeline:
         self.max_body_size = max_body_size
         self.request_timeout = request_timeout
         self.body_timeout = body_timeout
+        self._watches: Watches | None = None
 
     async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request on ``route`` and tell the observers about it."""
@@ -103,14 +105,18 @@ class Pipeline:
 
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send,
                       record: RequestRecord, t0: float) -> None:
-        # One cancel scope for the whole request, as anyio's cost ~10 µs each
-        # (docs/benchmarks.md): a timer cancels it at the body deadline while the body
-        # arrives and at the request deadline while accounts are tried, and the disconnect
-        # watcher cancels it when the client leaves. Which one did is told apart below.
+        # No timer or task of its own: the request registers a Watch, and the loop's one
+        # sweeper cancels it at the body deadline while the body arrives, at the request
+        # deadline while accounts are tried, and when the client leaves (watch.py).
+        watches = self._watches
+        if watches is None or watches.loop is not asyncio.get_running_loop():
+            watches = self._watches = Watches(asyncio.get_running_loop(), self.body_timeout,
+                                              self.request_timeout)
+        watch = watches.enter(self.body_timeout)
         run = _Run()
-        with anyio.CancelScope() as cancel:
+        try:
             try:
-                body = await self._body(scope, receive, cancel)
+                body = await read_body(scope, receive, self.max_body_size)
             except BodyTooLarge:
                 await _refuse(send, record, route, Failed.of(
                     413, "request_too_large",
@@ -120,19 +126,23 @@ class Pipeline:
                 record.status, record.client_disconnected = 499, True
                 return
             # A deadline that passed as the last bytes came cancels nothing more: a 408.
-            if not cancel.cancel_called:
+            if watch.reason is None:
                 run.body_read = True
-                await self._prepared(route, scope, body, receive, send, record, t0, cancel,
-                                     run)
+                watch.watch(receive, record, watches.loop.time() + self.request_timeout)
+                await self._prepared(route, scope, body, send, record, t0, watch, run)
+        except asyncio.CancelledError:
+            if not watch.absorb():
+                raise
+        finally:
+            watches.leave(watch)
         if not run.body_read:
             await self._body_timed_out(send, record, route)
             return
         if run.prepared is not None:
-            await self._served(send, run.prepared, record, cancel, run)
+            await self._served(send, run.prepared, record, watch, run)
 
-    async def _prepared(self, route: Route, scope: Scope, body: bytes, receive: Receive,
-                        send: Send, record: RequestRecord, t0: float,
-                        cancel: anyio.CancelScope, run: _Run) -> None:
+    async def _prepared(self, route: Route, scope: Scope, body: bytes, send: Send,
+                        record: RequestRecord, t0: float, watch: Watch, run: _Run) -> None:
         prepared = await route.prepare(ClientRequest(scope, body, record, self.loop))
         if isinstance(prepared, Failed):
             # Already in the route's own shape, its error type already recorded.
@@ -140,17 +150,7 @@ class Pipeline:
             await send_bytes(send, prepared.status, prepared.headers, prepared.body)
             return
         run.prepared = prepared
-        await self._serve(prepared, receive, send, record, t0, cancel, run)
-
-    async def _body(self, scope: Scope, receive: Receive, cancel: anyio.CancelScope) -> bytes:
-        if self.body_timeout is None:
-            return await read_body(scope, receive, self.max_body_size)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_at(loop.time() + self.body_timeout, cancel.cancel)
-        try:
-            return await read_body(scope, receive, self.max_body_size)
-        finally:
-            timer.cancel()
+        await self._serve(prepared, send, record, t0, watch, run)
 
     async def _body_timed_out(self, send: Send, record: RequestRecord, route: Route) -> None:
         failed = Failed.of(408, "timeout_error", "ccrotate: request body not received "
@@ -159,53 +159,41 @@ class Pipeline:
         failed.headers.append((b"connection", b"close"))
         await _refuse(send, record, route, failed)
 
-    async def _serve(self, prepared: Prepared, receive: Receive, send: Send,
-                     record: RequestRecord, t0: float, cancel: anyio.CancelScope,
-                     run: _Run) -> None:
-        # A plain task rather than a task group: the same semantics (the watcher cancels
-        # the scope; shielded cleanup inside still completes) for a fraction of the cost,
-        # as anyio's task group took ~50 µs of CPU per request (docs/benchmarks.md). The
-        # watcher is never awaited: it is parked in receive(). The request deadline
-        # covers every attempt until an answer starts; a started answer is bounded by the
-        # read timeout between chunks.
-        loop = asyncio.get_running_loop()
-        deadline = loop.call_at(loop.time() + self.request_timeout, cancel.cancel)
-        run.watcher = watcher = loop.create_task(watch_disconnect(receive, cancel, record))
+    async def _serve(self, prepared: Prepared, send: Send, record: RequestRecord, t0: float,
+                     watch: Watch, run: _Run) -> None:
+        # The request deadline covers every attempt until an answer starts; a started
+        # answer is bounded by the read timeout between chunks.
         try:
             # run_attempts, not loop.run: one coroutine frame fewer to resume at each await.
             outcome = await run_attempts(prepared.attempt, self.loop, record)
-            deadline.cancel()
+            watch.deadline = math.inf
             if isinstance(outcome, Failed):
                 record.account = outcome.account
                 await _relay_error(send, prepared.adapter, outcome, record)
-                run.relayed = True
+                run.relayed = watch.relayed = True
             else:
                 record.account = outcome.account.name
                 try:
                     await _relay(send, prepared, outcome, record, t0)
-                    run.relayed = True
+                    run.relayed = watch.relayed = True
                 finally:
-                    await outcome.response.aclose()
-                    self.loop.pool.release(outcome.account.name)
+                    try:
+                        await outcome.response.aclose()
+                    finally:
+                        self.loop.pool.release(outcome.account.name)
         except OSError:
             # ASGI spec 2.4 servers raise on send() once the client is gone.
             record.client_disconnected = True
-        finally:
-            deadline.cancel()
-            watcher.cancel()
 
     async def _served(self, send: Send, prepared: Prepared, record: RequestRecord,
-                      cancel: anyio.CancelScope, run: _Run) -> None:
-        watcher = run.watcher
-        if watcher is not None and watcher.done() and not watcher.cancelled():
-            failed = watcher.exception()
-            if failed is not None:
-                raise failed  # receive() itself failed, as a task group would have raised it
+                      watch: Watch, run: _Run) -> None:
+        if watch.error is not None:
+            raise watch.error  # receive() itself failed, as a task group would have raised it
         if run.relayed:
             # Servers answer receive() with http.disconnect once the response is complete,
             # and the watcher may read that before it is cancelled: not a client leaving.
             record.client_disconnected = False
-        elif cancel.cancelled_caught and not record.client_disconnected:
+        elif watch.reason == DEADLINE and not record.client_disconnected:
             await self._deadline_passed(send, prepared, record)
         if record.client_disconnected:
             record.status = 499
@@ -221,14 +209,13 @@ class Pipeline:
 
 
 class _Run:
-    # What one request reached inside its cancel scope, read once the scope is left.
-    __slots__ = ("body_read", "prepared", "relayed", "watcher")
+    # What one request reached while watched, read once the watch is left.
+    __slots__ = ("body_read", "prepared", "relayed")
 
     def __init__(self) -> None:
         self.body_read = False
         self.prepared: Prepared | None = None
         self.relayed = False
-        self.watcher: asyncio.Task[None] | None = None
 
 
 async def _refuse(send: Send, record: RequestRecord, route: Route, failed: Failed) -> None:
