@@ -51,16 +51,23 @@ def configure(upstream: str) -> object:
     shared = os.environ.get("CCROTATE_BENCH_STATE_URL")
     settings = Settings(upstream_url=upstream, hot_reload=False,
                         auth_tokens=() if "auth" in off else (CLIENT_KEY,),
+                        log_level="warning" if "access_logger" in off else "info",
                         **({"state_url": shared} if shared else {}))
+    # As `ccrotate serve` configures logging (its default level, info): access-log lines
+    # are written, to the harness's stderr file. A tree from before serve_logging
+    # (--ccrotate-path) logged them through the logging module.
+    try:
+        from ccrotate._server.app import serve_logging
+    except ImportError:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
+        sinks = {}
+    else:
+        sinks = {"access_sinks": serve_logging(settings)}
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
     rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=AiohttpUpstream(
         timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout,
-                          pool_size=4096)))
-    # As `ccrotate serve` configures logging (its default level, info): access-log lines
-    # are written, to the harness's stderr file.
-    logging.basicConfig(level=logging.WARNING if "access_logger" in off else logging.INFO,
-                        format="%(levelname)s %(message)s")
+                          pool_size=4096)), **sinks)
     observers = rotator.proxy.observers  # the list the pipeline reads, shared
     if "access_log" in off:
         observers.remove(rotator.access_log)

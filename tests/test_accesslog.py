@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from ccrotate import AccountPool, ConfigError, RequestRecord, Rotator, Settings
-from ccrotate._observe.accesslog import AccessLog, LoggingSink
+from ccrotate._observe.accesslog import AccessLog, LoggingSink, StreamSink
 from ccrotate._observe.entries import COLUMNS, LogFilter
 from ccrotate._observe.logstore import DuckDBLogStore, MemoryLogStore
 from ccrotate._observe.pricing import PricingTable
@@ -229,6 +230,75 @@ async def test_json_lines_on_the_access_logger(caplog: pytest.LogCaptureFixture)
     assert first["time"] == "2026-09-21T14:13:21.000Z"
     assert json.loads(lines[1].getMessage())["cost_usd"] is None
     assert lines[0].ccrotate_access == first  # type: ignore[attr-defined]
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts its writes and flushes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+async def test_stream_sink_writes_the_lines_logging_would(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``StreamSink(prefix="INFO ")`` gives, line for line, what ``LoggingSink`` gives
+    through ``ccrotate serve``'s log format, in one write per slice and one flush a batch."""
+    records = [record(i, failovers=[Failover("b", "overloaded", 529)] if i % 7 else [])
+               for i in range(70)]
+    stream = CountingStream()
+    direct = AccessLog(sinks=[StreamSink(stream, prefix="INFO ")])
+    logged = AccessLog(sinks=[LoggingSink()])
+    for r in records:
+        direct.on_request(r)
+        logged.on_request(r)
+    formatter = logging.Formatter("%(levelname)s %(message)s")
+    with caplog.at_level(logging.INFO, logger="ccrotate.access"):
+        assert await direct.flush() == await logged.flush() == 70
+    expected = [formatter.format(r) for r in caplog.records if r.name == "ccrotate.access"]
+    assert stream.getvalue().splitlines() == expected
+    assert stream.getvalue().endswith("\n")
+    assert (stream.writes, stream.flushes) == (3, 1)  # 32 + 32 + 6 lines
+
+
+async def test_stream_sink_defaults_to_stderr_as_it_is_at_write_time(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With no stream, lines go to ``sys.stderr`` as it is when written (a redirect holds)."""
+    access = AccessLog(sinks=[StreamSink()])
+    access.on_request(record(3))
+    await access.flush()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert json.loads(err)["request_id"] == "req3"
+
+
+@pytest.mark.parametrize(("level", "lines"), [("debug", True), ("info", True),
+                                              ("warning", False), ("error", False)])
+def test_serve_logging_writes_access_lines_only_at_info_and_below(
+        level: str, lines: bool) -> None:
+    """``ccrotate serve``'s access lines: a StreamSink to stderr at ``info`` and below."""
+    from ccrotate._server.app import serve_logging
+    root = logging.getLogger()
+    handlers, before = root.handlers[:], root.level
+    try:
+        sinks = serve_logging(Settings(log_level=level))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(before)
+    if lines:
+        [sink] = sinks
+        assert isinstance(sink, StreamSink)
+        assert sink.prefix == "INFO "
+        assert sink.stream is None
+    else:
+        assert sinks == []
 
 
 async def test_the_request_path_only_appends_to_a_bounded_buffer() -> None:

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,6 +257,21 @@ def test_serve_on_port_zero_prints_the_port_it_got(home: Path) -> None:
             except httpx.TransportError:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+        # Its access lines: "INFO {json}" on stderr, as logging's format would have them.
+        bad = httpx.post(url[1] + "/api/v1/messages", content=b"{",
+                         headers={"content-type": "application/json"}, timeout=5)
+        assert bad.status_code == 400
+        stop = threading.Timer(10, proc.terminate)  # no line at all ends the loop below
+        stop.start()
+        entry = None
+        for line in proc.stderr:
+            if line.startswith("INFO {"):
+                entry = json.loads(line.removeprefix("INFO "))
+                break
+        stop.cancel()
+        assert entry is not None, "no access line on stderr"
+        assert (entry["route"], entry["status"]) == ("messages", 400)
+        assert entry["error_type"] == "invalid_request_error"
     finally:
         proc.terminate()
         proc.wait(10)

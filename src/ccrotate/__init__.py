@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ccrotate._accounts.file import AccountsFile, FileFormat, discover_accounts_file
     from ccrotate._accounts.model import Account, AccountKind, Secret
     from ccrotate._client.transport import AsyncRotatingTransport, RotatingTransport
-    from ccrotate._observe.accesslog import AccessLog, LoggingSink
+    from ccrotate._observe.accesslog import AccessLog, LoggingSink, StreamSink
     from ccrotate._observe.health import AccountView, HealthView, PoolView, health_endpoint
     from ccrotate._observe.logs_api import logs_app, logs_routes
     from ccrotate._observe.logstore import DuckDBLogStore, LogStore, MemoryLogStore
@@ -119,6 +119,7 @@ _LAZY: dict[str, str] = {
     "HealthView": "ccrotate._observe.health",
     "LogStore": "ccrotate._observe.logstore",
     "LoggingSink": "ccrotate._observe.accesslog",
+    "StreamSink": "ccrotate._observe.accesslog",
     "MemoryLogStore": "ccrotate._observe.logstore",
     "MemoryStateBackend": "ccrotate._state.backend",
     "MemoryStateStore": "ccrotate._pool.pool",
@@ -245,6 +246,7 @@ __all__ = [
     "StateBackend",
     "StateStore",
     "StatusMount",
+    "StreamSink",
     "StreamTranslator",
     "Timeouts",
     "TokenRefresher",

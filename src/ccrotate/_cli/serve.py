@@ -152,14 +152,14 @@ def run_server(settings: Settings) -> None:
         from ccrotate._exceptions import ConfigError
         raise ConfigError("the server needs uvicorn: pip install 'ccrotate[server]'") from exc
     from ccrotate._cli.common import bind_socket
+    from ccrotate._server.app import serve_logging
     from ccrotate._server.rotator import Rotator
     notice = check_bind(settings)
     check_workers(settings)
     check_accounts(settings)
     options = uvicorn_options(settings)
-    rotator = Rotator(settings)
+    rotator = Rotator(settings, access_sinks=serve_logging(settings))
     sock = bind_socket(settings.host, settings.port)  # a busy port: one line, exit 1
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
     if notice:
         log.warning(notice)
     needed = fd_budget(settings, rotator.config.timeouts.pool_size)

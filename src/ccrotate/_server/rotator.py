@@ -15,7 +15,7 @@ import contextlib
 import importlib.util
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -27,7 +27,7 @@ from ccrotate._accounts.file import AccountsFile, discover_accounts_file
 from ccrotate._accounts.model import Account
 from ccrotate._asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from ccrotate._exceptions import ConfigError
-from ccrotate._observe.accesslog import AccessLog
+from ccrotate._observe.accesslog import AccessLog, LogSink
 from ccrotate._observe.dashboard import dashboard_endpoint, either
 from ccrotate._observe.health import health_endpoint
 from ccrotate._observe.logs_api import ReadGuard, logs_app
@@ -97,6 +97,8 @@ class Rotator:
         state: where the state shared by replicas lives; by default a
             :class:`RedisStateBackend` when ``settings.state_url`` is set, else a
             :class:`MemoryStateBackend` (this process only, never asked per request).
+        access_sinks: where the access log's lines go besides its store; by default one
+            :class:`LoggingSink` (``ccrotate serve`` gives a :class:`StreamSink` to stderr).
 
     Raises :class:`AccountsFileError` for a bad accounts file and
     :class:`ConfigError` for bad settings, before anything runs.
@@ -109,7 +111,8 @@ class Rotator:
     def __init__(self, settings: Settings | None = None, *, upstream: Upstream | None = None,
                  pool: AccountPool | None = None, accounts_file: AccountsFile | None = None,
                  refresher: _RefresherLike | None = None,
-                 state: StateBackend | None = None) -> None:
+                 state: StateBackend | None = None,
+                 access_sinks: Sequence[LogSink] | None = None) -> None:
         self.settings = settings = settings or Settings()
         if pool is None:
             if accounts_file is None:
@@ -133,7 +136,8 @@ class Rotator:
         if settings.hot_reload and accounts_file is not None:
             self.watcher = AccountsWatcher(pool, accounts_file, refresher=self.refresher)
         self.pricing = PricingTable.load(settings.pricing_path)
-        self.access_log = AccessLog(store=_log_store(settings), pricing=self.pricing)
+        self.access_log = AccessLog(store=_log_store(settings), sinks=access_sinks,
+                                    pricing=self.pricing)
         self.metrics: PrometheusMetrics | None = _metrics(pool, self.pricing, self.refresher)
         if self.metrics is not None:
             self.metrics.attach_access_log(self.access_log)
