@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+import tracemalloc
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from ccrotate import AccountPool, ConfigError, RequestRecord, Rotator, Settings
 from ccrotate._observe.accesslog import AccessLog, LoggingSink, StreamSink
-from ccrotate._observe.entries import COLUMNS, LogFilter
+from ccrotate._observe.entries import COLUMNS, LogFilter, entry_from_record
 from ccrotate._observe.logstore import DuckDBLogStore, MemoryLogStore
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._proxy.record import Failover
@@ -265,7 +266,7 @@ async def test_stream_sink_writes_the_lines_logging_would(
     expected = [formatter.format(r) for r in caplog.records if r.name == "ccrotate.access"]
     assert stream.getvalue().splitlines() == expected
     assert stream.getvalue().endswith("\n")
-    assert (stream.writes, stream.flushes) == (3, 1)  # 32 + 32 + 6 lines
+    assert (stream.writes, stream.flushes) == (5, 1)  # 16 + 16 + 16 + 16 + 6 lines
 
 
 async def test_stream_sink_defaults_to_stderr_as_it_is_at_write_time(
@@ -393,3 +394,47 @@ def test_reference_server_wires_the_log(tmp_path: Path, pool: AccountPool) -> No
     pytest.importorskip("duckdb")
     configured = Rotator(Settings(access_log_path=tmp_path / "a.duckdb"), pool=AccountPool())
     assert isinstance(configured.access_log.store, DuckDBLogStore)
+
+
+# -- the in-memory store's compact rows ------------------------------------------------------
+
+
+async def test_memory_store_gives_back_exactly_what_it_was_given() -> None:
+    """Kept as MessagePack, entries come back equal: failovers, nulls, costs, and a
+    ``time`` that is not ``ts`` formatted (an entry from elsewhere) kept as it was."""
+    entries = [entry_from_record(record(i, failovers=[Failover("b", "overloaded", 529)]
+                                        if i == 1 else [], status=200 if i else 529,
+                                        error_type=None if i else "overloaded_error",
+                                        latency=0.25 + i / 3,
+                                        model=MODEL if i < 2 else "claude-nonesuch-9"), PRICING)
+               for i in range(3)]
+    foreign = {**entries[2], "request_id": "x", "time": "yesterday", "ts": 1_790_000_009.5}
+    partial = {"ts": 1_790_000_010.25, "request_id": "y", "status": 200}
+    store = MemoryLogStore()
+    await store.write([*entries, foreign, partial])
+    page = await store.entries(LogFilter(), limit=10)
+    got = {e["request_id"]: e for e in page.entries}
+    for entry in entries:
+        assert got[entry["request_id"]] == entry
+    assert got["x"] == foreign
+    assert got["y"] == {**dict.fromkeys(COLUMNS), "failovers": [], **partial,
+                        "time": "2026-09-21T14:13:30.250Z"}
+
+
+async def test_memory_store_keeps_an_entry_in_under_200_bytes() -> None:
+    """10,000 entries (the default capacity) hold under 2 MB: the server's resident size."""
+    entries = [entry_from_record(record(i, latency=0.1 + i / 7, ttfb=0.05 + i / 11,
+                                        upstream_latency=0.04 + i / 13,
+                                        request_id=f"{i:016x}"), PRICING)
+               for i in range(5000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        store = MemoryLogStore()
+        await store.write(entries)
+        del entries
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 5000
+    assert kept / 5000 < 200

@@ -34,9 +34,10 @@ __all__ = ["AccessLog", "LogSink", "LoggingSink", "StreamSink", "WriterSink"]
 
 log = logging.getLogger("ccrotate")
 
-# Records turned into entries between two yields to the event loop: a 500-record batch
-# built in one go held the loop for ~5 ms, the p99 of every request in flight then.
-_SLICE = 32
+# Records turned into entries (~3.5 µs each) between two yields to the event loop: a
+# 500-record batch built in one go held the loop for ~5 ms, the p99 of every request in
+# flight then; 32 at a time still added ~0.1 ms to the c=1 p99 (docs/benchmarks.md).
+_SLICE = 16
 _LOG_SLICE = 8  # log lines between yields: ~30 µs each through a stream handler
 _encode = msgspec.json.Encoder().encode
 

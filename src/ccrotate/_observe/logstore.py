@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
+import msgspec
 
 from ccrotate._checks import at_least
 from ccrotate._exceptions import ConfigError
@@ -127,27 +129,35 @@ def _empty_series(where: LogFilter, bucket: float) -> list[dict[str, Any]]:
             for i in range(count)]
 
 
-_ROW = operator.itemgetter(*COLUMNS)
+_AFTER_TIME = operator.itemgetter(*COLUMNS[1:])  # "time" is COLUMNS[0]: _packed keeps it apart
 _INDEX = {name: i for i, name in enumerate(COLUMNS)}
-_TS, _RID, _FAILOVERS = _INDEX["ts"], _INDEX["request_id"], _INDEX["failovers"]
+_TS, _RID = _INDEX["ts"], _INDEX["request_id"]
 Row = tuple[Any, ...]
+_WRITE_SLICE = 64  # rows (~1 µs each) kept between two yields
 
 
-def _row(entry: Entry) -> Row:
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(Row).decode
+
+
+def _packed(entry: Entry) -> bytes:
+    # A kept entry is its row in MessagePack: ~150 bytes, where a tuple of Python objects
+    # took ~540 (a float is 24 bytes, a short string ~60), so 10,000 entries hold 1.5 MB
+    # rather than 5.4; and bytes are never tracked by the garbage collector.
     try:
-        row: Row = _ROW(entry)
+        rest: Row = _AFTER_TIME(entry)
     except KeyError:  # an entry from elsewhere than the access log may lack a column
-        row = tuple(entry.get(c) for c in COLUMNS)
-    failovers = row[_FAILOVERS]
-    if isinstance(failovers, list):
-        # A tuple of only atomic values is untracked by the garbage collector, so 10,000
-        # kept rows add nothing to a full collection (a list in each kept them tracked).
-        row = (*row[:_FAILOVERS], tuple(failovers), *row[_FAILOVERS + 1:])
-    return row
+        rest = tuple(entry.get(c) for c in COLUMNS[1:])
+    ts, time = rest[_TS - 1], entry.get("time")
+    if isinstance(ts, float) and time == iso_time(ts):
+        time = None  # "time" is ts formatted: formatted again when read
+    return _pack((time, *rest))
 
 
 def _entry(row: Row) -> Entry:
     entry = dict(zip(COLUMNS, row, strict=True))
+    if entry["time"] is None and isinstance(entry["ts"], float):
+        entry["time"] = iso_time(entry["ts"])
     entry["failovers"] = list(entry["failovers"] or ())
     return entry
 
@@ -172,8 +182,8 @@ class _RowView(Mapping[str, Any]):
 class MemoryLogStore:
     """The last ``capacity`` entries in memory: enough for the dashboard and a demo.
 
-    Entries are kept as tuples of the :data:`COLUMNS` (a quarter of a dict's memory:
-    ~2 MB rather than ~10 MB for 10,000) and become dicts again only when returned.
+    Entries are kept as their :data:`COLUMNS` in MessagePack (~150 bytes each: 1.5 MB
+    for 10,000, where dicts took ~10 MB) and become dicts again only when read.
 
     Parameters:
         capacity: entries kept; the oldest go first.
@@ -181,7 +191,7 @@ class MemoryLogStore:
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = at_least("MemoryLogStore", "capacity", capacity, 1)
-        self._ring: collections.deque[Row] = collections.deque(maxlen=capacity)
+        self._ring: collections.deque[bytes] = collections.deque(maxlen=capacity)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -197,17 +207,22 @@ class MemoryLogStore:
         return None
 
     async def write(self, entries: Sequence[Entry]) -> None:
-        rows = [_row(e) for e in entries]
-        with self._lock:
-            self._ring.extend(rows)
+        # A slice of rows between yields: a 500-entry batch turned into rows in one go
+        # held the event loop for ~0.45 ms, a request's whole latency at c=1.
+        for start in range(0, len(entries), _WRITE_SLICE):
+            if start:
+                await anyio.lowlevel.checkpoint()
+            rows = [_packed(e) for e in entries[start:start + _WRITE_SLICE]]
+            with self._lock:
+                self._ring.extend(rows)
 
     def _select(self, where: LogFilter) -> list[Row]:
         with self._lock:
             snapshot = list(self._ring)
         view = _RowView()
         out = []
-        for row in snapshot:
-            view.row = row
+        for packed in snapshot:
+            view.row = row = _unpack(packed)
             if where.matches(view):
                 out.append(row)
         return out
