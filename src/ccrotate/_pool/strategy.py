@@ -18,7 +18,7 @@ __all__ = ["STRATEGIES", "Candidate", "FirstAvailable", "LeastRecentlyUsed", "Qu
            "RoundRobin", "SelectionContext", "SelectionStrategy", "strategy_named"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Candidate:
     """What a strategy may know about an account that can serve now."""
 
@@ -30,8 +30,25 @@ class Candidate:
     last_used: float | None = None
     """When the account was last handed out (epoch seconds), ``None`` if never."""
 
+    def __init__(self, name: str, weight: int, priority: int, in_flight: int,
+                 quota: QuotaSnapshot | None, last_used: float | None = None) -> None:
+        # A frozen dataclass's own __init__ sets each field through object.__setattr__
+        # (1.1 µs for these six); the pool makes one per account per request, so the
+        # slots are filled through their descriptors (0.5 µs). Frozen all the same.
+        _name(self, name)
+        _weight(self, weight)
+        _priority(self, priority)
+        _in_flight(self, in_flight)
+        _quota(self, quota)
+        _last_used(self, last_used)
 
-@dataclass(frozen=True, slots=True)
+
+_name, _weight, _priority, _in_flight, _quota, _last_used = (
+    Candidate.__dict__[f].__set__
+    for f in ("name", "weight", "priority", "in_flight", "quota", "last_used"))
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class SelectionContext:
     """Per-request facts a strategy may use.
 
@@ -51,6 +68,15 @@ class SelectionContext:
     headers: Sequence[tuple[bytes, bytes]] = ()
     ticket: int | None = None
 
+    def __init__(self, model: str | None = None, session_key: str | None = None,
+                 headers: Sequence[tuple[bytes, bytes]] = (), ticket: int | None = None
+                 ) -> None:
+        # One per request: filled through the slots' descriptors, as Candidate is.
+        _model(self, model)
+        _session_key(self, session_key)
+        _headers(self, headers)
+        _ticket(self, ticket)
+
     def header(self, name: str) -> str | None:
         """The first value of the request header ``name`` (any case), or ``None``."""
         key = name.lower().encode("latin-1")
@@ -58,6 +84,10 @@ class SelectionContext:
             if k == key:
                 return v.decode("latin-1")
         return None
+
+
+_model, _session_key, _headers, _ticket = (
+    SelectionContext.__dict__[f].__set__ for f in ("model", "session_key", "headers", "ticket"))
 
 
 class SelectionStrategy(Protocol):
