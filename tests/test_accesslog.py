@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 import time
 import tracemalloc
@@ -22,7 +23,7 @@ from ccrotate._observe.accesslog import AccessLog, LoggingSink, StreamSink
 from ccrotate._observe.entries import COLUMNS, LogFilter, entry_from_record
 from ccrotate._observe.logstore import DuckDBLogStore, MemoryLogStore
 from ccrotate._observe.pricing import PricingTable
-from ccrotate._proxy.record import Failover
+from ccrotate._proxy.record import Failover, new_request_id
 from ccrotate.testing import RateLimited, Reply
 from conftest import HELLO, KEY_A, KEY_C, MODEL, TOKEN_B, Stack
 
@@ -438,3 +439,23 @@ async def test_memory_store_keeps_an_entry_in_under_200_bytes() -> None:
         tracemalloc.stop()
     assert len(store) == 5000
     assert kept / 5000 < 200
+
+
+def test_request_ids_are_unique_in_a_process_and_across_a_fork() -> None:
+    """16 hex digits; no repeats among 100,000, nor between a forked worker and its parent
+    (``random`` is reseeded in the child, as ``serve --workers`` may fork)."""
+    ids = {new_request_id() for _ in range(100_000)}
+    assert len(ids) == 100_000
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in list(ids)[:100])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, " ".join(new_request_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_request_id() for _ in range(1000)}
+    assert len(child) == 1000
+    assert not child & parent

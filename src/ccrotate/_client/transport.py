@@ -17,7 +17,6 @@ thread, without the loop.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -32,7 +31,7 @@ from ccrotate._pool.pool import AccountPool
 from ccrotate._pool.strategy import SelectionContext
 from ccrotate._proxy.attempts import Attempt, AttemptLoop, Failed, LoopConfig, Refresher, Won
 from ccrotate._proxy.headers import request_headers, response_headers
-from ccrotate._proxy.record import RequestRecord
+from ccrotate._proxy.record import RequestRecord, new_request_id
 from ccrotate._proxy.session import session_key
 from ccrotate._upstream.providers import OutgoingRequest, Providers
 from ccrotate._wire import needs_identity, peek_request
@@ -79,7 +78,7 @@ def _prepare(request: httpx2.Request, body: bytes, pool: AccountPool) -> Attempt
 
 
 def _record(request: httpx2.Request) -> RequestRecord:
-    return RequestRecord(request_id=secrets.token_hex(8), started_at=time.time(),
+    return RequestRecord(request_id=new_request_id(), started_at=time.time(),
                          route=request.url.path, method=request.method)
 
 

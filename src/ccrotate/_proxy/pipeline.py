@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,7 +32,7 @@ from ccrotate._asgi import (
 from ccrotate._exceptions import UpstreamError, UpstreamProtocolError
 from ccrotate._proxy.attempts import AttemptLoop, Failed, Won, run_attempts
 from ccrotate._proxy.dialects.base import ClientRequest, Prepared, ResponseAdapter, Route
-from ccrotate._proxy.record import Observer, RequestRecord, apply_usage
+from ccrotate._proxy.record import Observer, RequestRecord, apply_usage, new_request_id
 from ccrotate._proxy.watch import DEADLINE, Watch, Watches
 from ccrotate._wire import parse_error, usage_of_body
 
@@ -75,7 +74,7 @@ class Pipeline:
 
     async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request on ``route`` and tell the observers about it."""
-        record = RequestRecord(request_id=secrets.token_hex(8), started_at=time.time(),
+        record = RequestRecord(request_id=new_request_id(), started_at=time.time(),
                                route=route.name, method=route.method)
         t0 = time.perf_counter()
         try:

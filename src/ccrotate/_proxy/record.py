@@ -7,10 +7,22 @@ and never block or await: anything slow belongs in their own background task.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Failover", "Observer", "RequestRecord", "apply_usage"]
+__all__ = ["Failover", "Observer", "RequestRecord", "apply_usage", "new_request_id"]
+
+_bits = random.getrandbits
+
+
+def new_request_id() -> str:
+    """A request's id in the access log: 16 hex digits, 64 random bits.
+
+    Not a secret, so ``random``'s (reseeded in a forked child) rather than the
+    ``os.urandom`` system call per request that ``secrets.token_hex`` makes.
+    """
+    return f"{_bits(64):016x}"
 
 
 @dataclass(slots=True)

@@ -18,7 +18,6 @@ import importlib
 import importlib.util
 import logging
 import re
-import secrets
 import tempfile
 import time
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ from ccrotate._pool.taxonomy import classify
 from ccrotate._proxy.attempts import Refresher
 from ccrotate._proxy.dialects.openai.translator import OpenAITranslator
 from ccrotate._proxy.pipeline import Authenticator, watch_disconnect
-from ccrotate._proxy.record import Failover, Observer, RequestRecord
+from ccrotate._proxy.record import Failover, Observer, RequestRecord, new_request_id
 from ccrotate._sdk.config import SDKConfig
 from ccrotate._sdk.events import AgentError, AgentEvent, Failure, Result
 from ccrotate._sdk.output import Answer, OpenAIDialect, error_response, usage_into
@@ -188,7 +187,7 @@ class SDKApp:
             await _send_error(send, 405, "invalid_request_error",
                               f"ccrotate: {path} accepts POST only", openai=openai)
             return
-        record = RequestRecord(request_id=secrets.token_hex(8), started_at=time.time(),
+        record = RequestRecord(request_id=new_request_id(), started_at=time.time(),
                                route="sdk_chat_completions" if openai else "sdk_messages")
         t0 = time.perf_counter()
         try:
