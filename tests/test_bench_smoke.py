@@ -133,3 +133,14 @@ def test_shared_state_figures_when_redis_is_there(smoke: tuple[dict[str, Any], s
         assert redis["statuses"] == {"200": redis["requests"]}
         assert redis["redis_round_trips_per_request"] > 0
     assert "7. Shared state" in smoke[1]
+
+
+@pytest.mark.parametrize("args", [[], ["--stream"],
+                                  ["--lines", "logging", "--off", "access_log,metrics,auth"]])
+def test_the_instruction_count_harness_drives_the_app(args: list[str]) -> None:
+    """``benchmarks/instructions.py``'s in-process run (what valgrind counts) serves every
+    request with a 200 through the Rotator's app; it exits non-zero on any other status."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--child", "30", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
