@@ -491,7 +491,7 @@ async def test_short_requests_start_no_task_and_the_sweeper_stops_when_idle(
 
 async def test_a_watch_starts_its_disconnect_watcher_after_a_tick() -> None:
     """The sweeper, alone: a request still waiting after a tick gets a watcher, which
-    cancels it when ``receive()`` says the client left; the record says so."""
+    cancels its scope when ``receive()`` says the client left; the record says so."""
     loop = asyncio.get_running_loop()
     watches = Watches(loop, None, 600.0)
     gone = asyncio.Event()
@@ -501,27 +501,46 @@ async def test_a_watch_starts_its_disconnect_watcher_after_a_tick() -> None:
         return {"type": "http.disconnect"}
 
     record = RequestRecord(request_id="r", started_at=0.0, route="messages", method="POST")
-    watch = watches.enter(None)
-    watch.watch(receive, record, loop.time() + 600)
-    assert watch.watcher is None
-    try:
-        await asyncio.sleep(watches.tick * 1.5)
-        assert watch.watcher is not None
-        assert not watch.watcher.done()
-        gone.set()
-        await asyncio.sleep(5)
-    except asyncio.CancelledError:
-        assert watch.absorb()
-    finally:
-        watches.leave(watch)
+    with anyio.CancelScope() as scope:
+        watch = watches.enter(scope, None)
+        watch.watch(receive, record, loop.time() + 600)
+        assert watch.watcher is None
+        try:
+            await asyncio.sleep(watches.tick * 1.5)
+            assert watch.watcher is not None
+            assert not watch.watcher.done()
+            gone.set()
+            await asyncio.sleep(5)
+        finally:
+            watches.leave(watch)
+    assert scope.cancelled_caught
     assert (watch.reason, record.client_disconnected) == (DISCONNECT, True)
-    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_shielded_scope_inside_a_request_runs_to_its_end() -> None:
+    """A deadline cancels the request's scope, not its task: work under a shield inside
+    (a token refresh whose answer must be saved) completes; the request then stops."""
+    watches = Watches(asyncio.get_running_loop(), 0.04)
+    steps: list[str] = []
+    with anyio.CancelScope() as scope:
+        watch = watches.enter(scope, 0.04)
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.sleep(0.2)  # past the deadline and several ticks
+                steps.append("shielded work done")
+            await asyncio.sleep(5)
+            steps.append("not reached")
+        finally:
+            watches.leave(watch)
+    assert steps == ["shielded work done"]
+    assert watch.reason == DEADLINE
+    assert scope.cancelled_caught
 
 
 async def test_a_watch_left_before_its_tick_is_never_cancelled() -> None:
     """Leaving the watch ends it: a deadline passing afterwards cancels nothing."""
     watches = Watches(asyncio.get_running_loop(), 0.04)
-    watch = watches.enter(0.04)
+    watch = watches.enter(anyio.CancelScope(), 0.04)
     watches.leave(watch)
     await asyncio.sleep(0.1)  # the deadline and two ticks pass; nothing is cancelled
     assert watch.reason is None

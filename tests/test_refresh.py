@@ -321,6 +321,31 @@ async def test_a_cancelled_caller_does_not_lose_the_refreshed_tokens(
     assert file.load()[0] == pool.account("sub") != old
 
 
+async def test_a_request_deadline_mid_refresh_still_saves_the_tokens(
+        tmp_path: Path, fake_upstream_server: ServerHandle[FakeUpstream]) -> None:
+    """The request deadline passes while the account's token request is out: the client
+    gets its 504, and the refreshed tokens are saved all the same. The deadline cancels
+    the request's scope, not its task, so the refresh's shield holds (the refresh token is
+    single-use: losing the answer would lose the account)."""
+    fake = fake_upstream_server.app
+    file = write_file(tmp_path / "accounts.json", {"sub": entry(fake, expires_in=-5)})
+    pool = AccountPool(file.load())
+    old = pool.account("sub")
+    fake.oauth.script(TokenReply(delay=0.5))
+    proxy = RotatingProxy(pool, refresher=refresher_for(fake_upstream_server, pool, file),
+                          config=ProxyConfig(upstream_url=fake_upstream_server.url,
+                                             request_timeout=0.1))
+    async with proxy, httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy),
+                                        base_url="http://proxy") as client:
+        answer = await client.post("/v1/messages", json={
+            "model": "claude-sonnet-4-6", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 504
+    assert fake.oauth.refresh_count() == 1
+    assert file.load()[0] == pool.account("sub") != old
+    assert pool.status("sub").in_flight == 0
+
+
 async def test_a_failed_write_back_serves_from_memory_reports_it_and_retries(
         tmp_path: Path, fake_upstream_server: ServerHandle[FakeUpstream],
         monkeypatch: pytest.MonkeyPatch) -> None:

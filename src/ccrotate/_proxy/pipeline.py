@@ -104,36 +104,35 @@ class Pipeline:
 
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send,
                       record: RequestRecord, t0: float) -> None:
-        # No timer or task of its own: the request registers a Watch, and the loop's one
-        # sweeper cancels it at the body deadline while the body arrives, at the request
-        # deadline while accounts are tried, and when the client leaves (watch.py).
+        # One cancel scope, and no timer or task of its own: the request registers a Watch,
+        # and the loop's one sweeper cancels the scope at the body deadline while the body
+        # arrives, at the request deadline while accounts are tried, and when the client
+        # leaves (watch.py). A scope, not the task, so shielded work inside completes.
         watches = self._watches
         if watches is None or watches.loop is not asyncio.get_running_loop():
             watches = self._watches = Watches(asyncio.get_running_loop(), self.body_timeout,
                                               self.request_timeout)
-        watch = watches.enter(self.body_timeout)
         run = _Run()
-        try:
+        with anyio.CancelScope() as cancel:
+            watch = watches.enter(cancel, self.body_timeout)
             try:
-                body = await read_body(scope, receive, self.max_body_size)
-            except BodyTooLarge:
-                await _refuse(send, record, route, Failed.of(
-                    413, "request_too_large",
-                    f"ccrotate: request body exceeds {self.max_body_size} bytes"))
-                return
-            except ClientGone:
-                record.status, record.client_disconnected = 499, True
-                return
-            # A deadline that passed as the last bytes came cancels nothing more: a 408.
-            if watch.reason is None:
-                run.body_read = True
-                watch.watch(receive, record, watches.loop.time() + self.request_timeout)
-                await self._prepared(route, scope, body, send, record, t0, watch, run)
-        except asyncio.CancelledError:
-            if not watch.absorb():
-                raise
-        finally:
-            watches.leave(watch)
+                try:
+                    body = await read_body(scope, receive, self.max_body_size)
+                except BodyTooLarge:
+                    await _refuse(send, record, route, Failed.of(
+                        413, "request_too_large",
+                        f"ccrotate: request body exceeds {self.max_body_size} bytes"))
+                    return
+                except ClientGone:
+                    record.status, record.client_disconnected = 499, True
+                    return
+                # A deadline that passed as the last bytes came cancels nothing more: a 408.
+                if watch.reason is None:
+                    run.body_read = True
+                    watch.watch(receive, record, watches.loop.time() + self.request_timeout)
+                    await self._prepared(route, scope, body, send, record, t0, watch, run)
+            finally:
+                watches.leave(watch)
         if not run.body_read:
             await self._body_timed_out(send, record, route)
             return
@@ -192,7 +191,8 @@ class Pipeline:
             # Servers answer receive() with http.disconnect once the response is complete,
             # and the watcher may read that before it is cancelled: not a client leaving.
             record.client_disconnected = False
-        elif watch.reason == DEADLINE and not record.client_disconnected:
+        elif (watch.reason == DEADLINE and watch.scope.cancelled_caught
+              and not record.client_disconnected):
             await self._deadline_passed(send, prepared, record)
         if record.client_disconnected:
             record.status = 499

@@ -9,15 +9,17 @@ a disconnect watcher for each request still waiting on the upstream or relaying 
 deadline is met, and a client leaving is noticed, within one tick: 0.1 s, or a quarter
 of the shortest timeout when that is shorter.
 
-Cancellation is asyncio's own (``Task.cancel`` and ``Task.uncancel``, as
-``asyncio.timeout`` does), so a request that is also cancelled from outside, by its
-server, still sees that cancellation.
+What gets cancelled is the request's anyio cancel scope, never its task: a shielded scope
+inside (a token refresh whose answer must be saved, a Redis command that must be read
+back) still runs to its end, which asyncio's ``Task.cancel`` would not respect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+
+import anyio
 
 from ccrotate._asgi import Receive
 from ccrotate._proxy.record import RequestRecord
@@ -31,13 +33,11 @@ DEADLINE, DISCONNECT, ERROR = "deadline", "disconnect", "error"
 class Watch:
     """One request's deadline and, once it waits on the upstream, its disconnect watch."""
 
-    __slots__ = ("_absorbed", "_base", "deadline", "error", "reason", "receive", "record",
-                 "relayed", "task", "watcher")
+    __slots__ = ("deadline", "error", "reason", "receive", "record", "relayed", "scope",
+                 "watcher")
 
-    def __init__(self, task: asyncio.Task[object] | None, deadline: float) -> None:
-        self.task = task
-        self._base = task.cancelling() if task is not None else 0
-        self._absorbed = False
+    def __init__(self, scope: anyio.CancelScope, deadline: float) -> None:
+        self.scope = scope
         self.deadline = deadline
         self.reason: str | None = None  # DEADLINE, DISCONNECT or ERROR once fired
         self.error: Exception | None = None  # what receive() raised, for ERROR
@@ -51,27 +51,10 @@ class Watch:
         self.receive, self.record, self.deadline = receive, record, deadline
 
     def fire(self, reason: str) -> None:
-        """Cancel the request's task, once, unless its answer has already gone out."""
-        if self.reason is None and not self.relayed and self.task is not None:
+        """Cancel the request's scope, once, unless its answer has already gone out."""
+        if self.reason is None and not self.relayed:
             self.reason = reason
-            self.task.cancel()
-
-    def absorb(self) -> bool:
-        """Whether a ``CancelledError`` was this watch's own; if so it is taken back.
-
-        ``False`` means somebody else cancelled the task too: the error must propagate.
-        """
-        if self.reason is None or self.task is None or self._absorbed:
-            return False
-        self._absorbed = True
-        return self.task.uncancel() <= self._base
-
-    def _settle(self) -> None:
-        # A fired cancellation that inner code swallowed (or turned into another error)
-        # must still be taken back, or the task would count it for ever.
-        if self.reason is not None and self.task is not None and not self._absorbed:
-            self._absorbed = True
-            self.task.uncancel()
+            self.scope.cancel()
 
 
 class Watches:
@@ -86,10 +69,10 @@ class Watches:
         self._live: set[Watch] = set()
         self._handle: asyncio.TimerHandle | None = None
 
-    def enter(self, timeout: float | None) -> Watch:
-        """Register the current task, to be cancelled ``timeout`` seconds from now."""
+    def enter(self, scope: anyio.CancelScope, timeout: float | None) -> Watch:
+        """Register a request's ``scope``, to be cancelled ``timeout`` seconds from now."""
         deadline = math.inf if timeout is None else self.loop.time() + timeout
-        watch = Watch(asyncio.current_task(), deadline)
+        watch = Watch(scope, deadline)
         self._live.add(watch)
         if self._handle is None:
             self._handle = self.loop.call_later(self.tick, self._sweep)
@@ -101,7 +84,6 @@ class Watches:
         watch.relayed = True  # fire() is a no-op from here on
         if watch.watcher is not None:
             watch.watcher.cancel()
-        watch._settle()
 
     def _sweep(self) -> None:
         self._handle = None
