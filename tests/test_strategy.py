@@ -270,3 +270,22 @@ def test_every_setting_name_builds_its_strategy(name: str) -> None:
     assert name in STRATEGIES
     strategy = strategy_named(name)
     assert strategy.select([cand("a"), cand("b")], CTX) in {"a", "b"}
+
+
+def test_candidates_and_contexts_stay_frozen_value_objects() -> None:
+    """Built through their slots for speed, they are still frozen dataclasses: equal by
+    value, hashable, ``replace()``-able, and closed to assignment."""
+    import dataclasses
+
+    c = Candidate("a", 2, 1, 0, None)
+    assert c == Candidate(name="a", weight=2, priority=1, in_flight=0, quota=None)
+    assert c.last_used is None
+    assert hash(c) == hash(Candidate("a", 2, 1, 0, None, None))
+    assert dataclasses.replace(c, in_flight=3) == Candidate("a", 2, 1, 3, None)
+    ctx = SelectionContext(model="m", headers=[(b"x-a", b"1")])
+    assert (ctx.model, ctx.session_key, ctx.ticket, ctx.header("X-A")) == ("m", None, None, "1")
+    assert dataclasses.replace(ctx, ticket=7).ticket == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.weight = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.model = "other"  # type: ignore[misc]
