@@ -522,7 +522,8 @@ async def test_a_shielded_scope_inside_a_request_runs_to_its_end() -> None:
     (a token refresh whose answer must be saved) completes; the request then stops."""
     watches = Watches(asyncio.get_running_loop(), 0.04)
     steps: list[str] = []
-    with anyio.CancelScope() as scope:
+    with watches.scope_type() as scope:  # the class the pipeline uses, taken once per loop
+        assert isinstance(scope, anyio.CancelScope)
         watch = watches.enter(scope, 0.04)
         try:
             with anyio.CancelScope(shield=True):

@@ -113,7 +113,7 @@ class Pipeline:
             watches = self._watches = Watches(asyncio.get_running_loop(), self.body_timeout,
                                               self.request_timeout)
         run = _Run()
-        with anyio.CancelScope() as cancel:
+        with watches.scope_type() as cancel:
             watch = watches.enter(cancel, self.body_timeout)
             try:
                 try:
