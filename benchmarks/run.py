@@ -52,11 +52,11 @@ from server import CLIENT_KEY, KEYS  # noqa: E402
 
 TARGETS = ("direct", "minimal", "ccrotate")
 # The --quick guard's bound on ccrotate's throughput per CPU-second as a ratio to the
-# minimal proxy's (c=16, best round of each). Typically 0.59 since issue 18's round 3
-# (0.55-0.66 across runs on a shared 2-vCPU VM; round 2's tree gave 0.40-0.60 under heavy
-# load, docs/benchmarks.md); the bound sits well below, so a noisy CI machine passes,
-# while a change that costs ccrotate ~45 % more CPU per request fails.
-QUICK_MIN_RATIO = 0.40
+# minimal proxy's (c=16, best round of each). Since issue 18's round 3: 0.55-0.66 on a
+# shared 2-vCPU VM, 0.46 in .ci/run right after the test suite (round 2's tree: 0.40-0.60,
+# and 0.41 in CI; docs/benchmarks.md). The bound sits well below, so a noisy CI machine
+# passes, while a change that costs ccrotate a third more CPU per request fails.
+QUICK_MIN_RATIO = 0.35
 PATHS = {"direct": "/v1/messages", "minimal": "/v1/messages", "ccrotate": "/api/v1/messages",
          "ccrotate_redis": "/api/v1/messages"}
 SHARED = ("ccrotate", "ccrotate_redis")
