@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from ccrotate._accounts.file import AccountsFile, discover_accounts_file
 from ccrotate._accounts.model import Account
-from ccrotate._asgi import ASGIApp, Receive, Scope, Send, send_bytes
+from ccrotate._asgi import ASGIApp, Receive, Scope, Send, send_bytes, serve_lifespan
 from ccrotate._exceptions import ConfigError
 from ccrotate._observe.accesslog import AccessLog, LogSink
 from ccrotate._observe.dashboard import dashboard_endpoint, either
@@ -380,23 +380,16 @@ class _RotatorApp:
             await send({"type": "websocket.close", "code": 1013})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        rotator = self.rotator
-        owned = False
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    if not rotator._running:
-                        await rotator.__aenter__()
-                        owned = True
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if owned:
-                    # Servers tear the loop down right after shutdown.complete, so
-                    # everything is closed before it is reported.
-                    await rotator.__aexit__(None, None, None)
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(_started_unless_running(self.rotator), receive, send)
+
+
+@contextlib.asynccontextmanager
+async def _started_unless_running(rotator: Rotator) -> AsyncIterator[None]:
+    # A rotator the host already started (mounted, with the host's lifespan) is left to
+    # the host; else the app's own lifespan starts it, and stops it before shutdown is
+    # reported, as servers tear the loop down right after.
+    if rotator._running:
+        yield
+        return
+    async with rotator:
+        yield
