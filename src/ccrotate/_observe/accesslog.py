@@ -20,12 +20,11 @@ from typing import Protocol, TextIO, runtime_checkable
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import msgspec
 
 from ccrotate._checks import at_least, positive
 from ccrotate._exceptions import ConfigError
-from ccrotate._observe.entries import Entry, entry_from_record
+from ccrotate._observe.entries import Entry, entry_from_record, in_slices
 from ccrotate._observe.logstore import LogStore, MemoryLogStore
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._proxy.record import Failover, RequestRecord
@@ -44,10 +43,8 @@ _encode = msgspec.json.Encoder().encode
 
 async def _entries(batch: list[RequestRecord], pricing: PricingTable) -> list[Entry]:
     entries: list[Entry] = []
-    for start in range(0, len(batch), _SLICE):
-        if start:
-            await anyio.lowlevel.checkpoint()
-        entries.extend([entry_from_record(r, pricing) for r in batch[start:start + _SLICE]])
+    await in_slices(batch, _SLICE, lambda part: entries.extend(
+        [entry_from_record(r, pricing) for r in part]))
     return entries
 
 
@@ -103,10 +100,7 @@ class LoggingSink:
         # interval (5 ms) to get it back, so every request in flight stalled while a
         # batch was logged. On the loop, in slices of a few entries between yields, a
         # request waits at most one slice (~0.3 ms).
-        for start in range(0, len(entries), _LOG_SLICE):
-            if start:
-                await anyio.lowlevel.checkpoint()
-            self._emit(entries[start:start + _LOG_SLICE])
+        await in_slices(entries, _LOG_SLICE, self._emit)
 
     def _emit(self, entries: Sequence[Entry]) -> None:
         logger, level = self.logger, self.level
@@ -152,12 +146,9 @@ class StreamSink:
     async def write(self, entries: Sequence[Entry]) -> None:
         stream = self.stream if self.stream is not None else sys.stderr
         prefix = self.prefix
-        for start in range(0, len(entries), _SLICE):
-            if start:
-                await anyio.lowlevel.checkpoint()
-            # One write per slice: a line-buffered stderr flushes once per write, not per line.
-            stream.write("".join([f"{prefix}{_encode(entry).decode()}\n"
-                                  for entry in entries[start:start + _SLICE]]))
+        # One write per slice: a line-buffered stderr flushes once per write, not per line.
+        await in_slices(entries, _SLICE, lambda part: stream.write(
+            "".join([f"{prefix}{_encode(entry).decode()}\n" for entry in part])))
         stream.flush()
 
     async def aclose(self) -> None:

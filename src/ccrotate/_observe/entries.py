@@ -6,15 +6,20 @@ Shared by the access log (which writes entries) and the log stores (which keep a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio.lowlevel
 
 from ccrotate._observe.pricing import PricingTable
 from ccrotate._proxy.record import Failover, RequestRecord
 
-__all__ = ["COLUMNS", "Entry", "LogFilter", "entry_from_record", "is_error", "iso_time"]
+__all__ = ["COLUMNS", "Entry", "LogFilter", "entry_from_record", "in_slices", "is_error",
+           "iso_time"]
+
+_T = TypeVar("_T")
 
 Entry = dict[str, Any]
 
@@ -56,6 +61,19 @@ def iso_time(ts: float) -> str:
     else:
         text = cached[1]
     return f"{text}{micros // 1000:03d}Z"
+
+
+async def in_slices(items: Sequence[_T], size: int,
+                    handle: Callable[[Sequence[_T]], object]) -> None:
+    """Call ``handle`` on ``items`` ``size`` at a time, yielding to the event loop between.
+
+    The access log's batches (hundreds of entries) are built, logged and kept this way, so
+    a request in flight waits for one slice at most, never for a whole batch.
+    """
+    for start in range(0, len(items), size):
+        if start:
+            await anyio.lowlevel.checkpoint()
+        handle(items[start:start + size])
 
 
 def _failover(f: Failover) -> dict[str, Any]:
