@@ -137,7 +137,7 @@ class Pipeline:
             await self._body_timed_out(send, record, route)
             return
         if run.prepared is not None:
-            await self._served(send, run.prepared, record, watch, run)
+            await self._served(send, run.prepared, record, watch)
 
     async def _prepared(self, route: Route, scope: Scope, body: bytes, send: Send,
                         record: RequestRecord, t0: float, watch: Watch, run: _Run) -> None:
@@ -148,7 +148,7 @@ class Pipeline:
             await send_bytes(send, prepared.status, prepared.headers, prepared.body)
             return
         run.prepared = prepared
-        await self._serve(prepared, send, record, t0, watch, run)
+        await self._serve(prepared, send, record, t0, watch)
 
     async def _body_timed_out(self, send: Send, record: RequestRecord, route: Route) -> None:
         failed = Failed.of(408, "timeout_error", "ccrotate: request body not received "
@@ -158,7 +158,7 @@ class Pipeline:
         await _refuse(send, record, route, failed)
 
     async def _serve(self, prepared: Prepared, send: Send, record: RequestRecord, t0: float,
-                     watch: Watch, run: _Run) -> None:
+                     watch: Watch) -> None:
         # The request deadline covers every attempt until an answer starts; a started
         # answer is bounded by the read timeout between chunks.
         try:
@@ -168,12 +168,12 @@ class Pipeline:
             if isinstance(outcome, Failed):
                 record.account = outcome.account
                 await _relay_error(send, prepared.adapter, outcome, record)
-                run.relayed = watch.relayed = True
+                watch.relayed = True
             else:
                 record.account = outcome.account.name
                 try:
                     await _relay(send, prepared, outcome, record, t0)
-                    run.relayed = watch.relayed = True
+                    watch.relayed = True
                 finally:
                     try:
                         await outcome.response.aclose()
@@ -184,10 +184,10 @@ class Pipeline:
             record.client_disconnected = True
 
     async def _served(self, send: Send, prepared: Prepared, record: RequestRecord,
-                      watch: Watch, run: _Run) -> None:
+                      watch: Watch) -> None:
         if watch.error is not None:
             raise watch.error  # receive() itself failed, as a task group would have raised it
-        if run.relayed:
+        if watch.relayed:
             # Servers answer receive() with http.disconnect once the response is complete,
             # and the watcher may read that before it is cancelled: not a client leaving.
             record.client_disconnected = False
@@ -209,12 +209,11 @@ class Pipeline:
 
 class _Run:
     # What one request reached while watched, read once the watch is left.
-    __slots__ = ("body_read", "prepared", "relayed")
+    __slots__ = ("body_read", "prepared")
 
     def __init__(self) -> None:
         self.body_read = False
         self.prepared: Prepared | None = None
-        self.relayed = False
 
 
 async def _refuse(send: Send, record: RequestRecord, route: Route, failed: Failed) -> None:

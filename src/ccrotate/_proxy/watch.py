@@ -84,8 +84,9 @@ class Watches:
 
     def leave(self, watch: Watch) -> None:
         """The request is done with its watch: no more cancelling, no more watching."""
+        # Out of the sweep, and its watcher cancelled (even one already woken gets the
+        # cancellation, not its message): nothing fires it from here on.
         self._live.discard(watch)
-        watch.relayed = True  # fire() is a no-op from here on
         if watch.watcher is not None:
             watch.watcher.cancel()
 
