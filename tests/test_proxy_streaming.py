@@ -373,6 +373,36 @@ async def test_records_tell_the_observers_what_happened(
     assert not record.client_disconnected
 
 
+class Broken:
+    """An observer that fails on everything."""
+
+    def on_failover(self, record: RequestRecord, failover: Failover) -> None:
+        raise RuntimeError("metrics backend down")
+
+    def on_request(self, record: RequestRecord) -> None:
+        raise RuntimeError("metrics backend down")
+
+
+async def test_a_broken_observer_silences_neither_the_others_nor_the_request(
+        proxy: RotatingProxy, fake_upstream: FakeUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An observer raising on a failover and on the record: the request still fails over
+    and answers, the observers after it still hear of both, and each failure is logged."""
+    fake_upstream.script(KEY_A, RateLimited(retry_after=9, reset_after=9))
+    records, seen = Records(), []
+    records.on_failover = lambda record, failover: seen.append(failover)  # type: ignore[method-assign]
+    proxy.observers.extend([Broken(), records])
+    h = Harness(request_body())
+    with anyio.fail_after(5):
+        await h.run(proxy)
+    assert h.status == 200
+    [record] = records.done
+    assert record.failovers == seen == [Failover("a", "quota", 429)]
+    messages = [r.getMessage() for r in caplog.records if r.name == "ccrotate.proxy"]
+    assert any("failed on a failover" in m for m in messages)
+    assert any("failed on a request record" in m for m in messages)
+
+
 async def test_a_client_leaving_during_the_upload_costs_nothing(
         proxy: RotatingProxy, fake_upstream: FakeUpstream, pool: AccountPool) -> None:
     """A disconnect before the body is complete ends the request: no account, no upstream."""

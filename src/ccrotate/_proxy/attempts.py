@@ -10,7 +10,6 @@ hand on is closed here, on every path including cancellation.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import random
 import time
@@ -40,7 +39,7 @@ from ccrotate._pool.taxonomy import (
     classify,
 )
 from ccrotate._proxy.headers import sanitize_error
-from ccrotate._proxy.record import Failover, Observer, RequestRecord
+from ccrotate._proxy.record import Failover, Observer, RequestRecord, note_failover
 from ccrotate._state.sync import StateSync
 from ccrotate._upstream.base import Upstream, UpstreamResponse
 from ccrotate._upstream.providers import OutgoingRequest, Providers
@@ -53,7 +52,6 @@ from ccrotate._wire import (
 
 __all__ = ["Attempt", "AttemptLoop", "Failed", "LoopConfig", "Refresher", "Won", "run_attempts"]
 
-log = logging.getLogger("ccrotate.proxy")
 
 _JSON = [(b"content-type", b"application/json")]
 
@@ -217,7 +215,7 @@ async def run_attempts(attempt: Attempt, loop: AttemptLoop,
                 # The request itself is wrong: no account is to blame, none is cooled.
                 return failed
             last = failed
-            _note(record, observers, Failover(name, verdict.reason.value, failed.status))
+            note_failover(record, observers, Failover(name, verdict.reason.value, failed.status))
             _report(pool, name, verdict, failed, attempt.context.model)
             if attempt.pinned is not None:
                 return failed
@@ -298,16 +296,6 @@ class _Headers:
 
     def get(self, key: str, /) -> str | None:
         return self._d.get(key)
-
-
-def _note(record: RequestRecord, observers: Sequence[Observer], failover: Failover) -> None:
-    record.failovers.append(failover)
-    for observer in observers:
-        # A broken metrics hook must not stop the failover or leave the account uncooled.
-        try:
-            observer.on_failover(record, failover)
-        except Exception:
-            log.exception("observer %r failed on a failover", observer)
 
 
 def _no_account(exc: NoAccountAvailable, last: Failed | None) -> Failed:

@@ -12,7 +12,6 @@ serves every request concurrently.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,13 +31,17 @@ from ccrotate._asgi import (
 from ccrotate._exceptions import UpstreamError, UpstreamProtocolError
 from ccrotate._proxy.attempts import AttemptLoop, Failed, Won, run_attempts
 from ccrotate._proxy.dialects.base import ClientRequest, Prepared, ResponseAdapter, Route
-from ccrotate._proxy.record import Observer, RequestRecord, apply_usage, new_request_id
+from ccrotate._proxy.record import (
+    Observer,
+    RequestRecord,
+    apply_usage,
+    new_request_id,
+    notify_request,
+)
 from ccrotate._proxy.watch import DEADLINE, Watch, Watches
 from ccrotate._wire import parse_error, usage_of_body
 
-__all__ = ["Authenticator", "Pipeline", "watch_disconnect"]
-
-log = logging.getLogger("ccrotate.proxy")
+__all__ = ["Authenticator", "Pipeline", "refusal", "watch_disconnect"]
 
 Authenticator = Callable[[Sequence[tuple[bytes, bytes]]], bool]
 
@@ -86,21 +89,11 @@ class Pipeline:
                 await self._handle(route, scope, receive, send, record, t0)
         finally:
             record.latency = time.perf_counter() - t0
-            for observer in self.observers:
-                # One broken observer must not silence the others nor fail the request.
-                try:
-                    observer.on_request(record)
-                except Exception:
-                    log.exception("observer %r failed on a request record", observer)
+            notify_request(self.observers, record)
 
     def _refusal(self, scope: Scope) -> Failed | None:
-        if self.authenticate is not None and not self.authenticate(scope["headers"]):
-            return Failed.of(401, "authentication_error", "ccrotate: invalid or missing client key")
-        if not json_body_ok(scope):
-            # text/plain is how a web page skips the CORS preflight (docs/security.md).
-            return Failed.of(415, "invalid_request_error",
-                             "ccrotate: the request body must be application/json")
-        return None
+        found = refusal(self.authenticate, scope)
+        return None if found is None else Failed.of(*found)
 
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send,
                       record: RequestRecord, t0: float) -> None:
@@ -205,6 +198,17 @@ class Pipeline:
                 f"{math.ceil(self.request_timeout)} s (request_timeout)"), record)
         except OSError:
             record.client_disconnected = True
+
+
+def refusal(authenticate: Authenticator | None, scope: Scope) -> tuple[int, str, str] | None:
+    """Why a request is refused before its body is read, as (status, error type, message):
+    a wrong client key, or a body not declared as JSON. ``None`` lets it through."""
+    if authenticate is not None and not authenticate(scope["headers"]):
+        return 401, "authentication_error", "ccrotate: invalid or missing client key"
+    if not json_body_ok(scope):
+        # text/plain is how a web page skips the CORS preflight (docs/security.md).
+        return 415, "invalid_request_error", "ccrotate: the request body must be application/json"
+    return None
 
 
 class _Run:

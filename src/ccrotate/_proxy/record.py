@@ -7,11 +7,16 @@ and never block or await: anything slow belongs in their own background task.
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Failover", "Observer", "RequestRecord", "apply_usage", "new_request_id"]
+__all__ = ["Failover", "Observer", "RequestRecord", "apply_usage", "new_request_id",
+           "note_failover", "notify_request"]
+
+log = logging.getLogger("ccrotate.proxy")
 
 _bits = random.getrandbits
 
@@ -88,3 +93,25 @@ def apply_usage(record: RequestRecord, usage: UsageLike | None) -> None:
     record.output_tokens = usage.output_tokens
     record.cache_read_tokens = usage.cache_read_input_tokens
     record.cache_write_tokens = usage.cache_creation_input_tokens
+
+
+def notify_request(observers: Sequence[Observer], record: RequestRecord) -> None:
+    """Hand the finished ``record`` to every observer (the proxy's and SDK mode's)."""
+    for observer in observers:
+        # One broken observer must not silence the others nor fail the request.
+        try:
+            observer.on_request(record)
+        except Exception:
+            log.exception("observer %r failed on a request record", observer)
+
+
+def note_failover(record: RequestRecord, observers: Sequence[Observer],
+                  failover: Failover) -> None:
+    """Add ``failover`` to ``record`` and tell every observer of it."""
+    record.failovers.append(failover)
+    for observer in observers:
+        # A broken metrics hook must not stop the failover or leave the account uncooled.
+        try:
+            observer.on_failover(record, failover)
+        except Exception:
+            log.exception("observer %r failed on a failover", observer)

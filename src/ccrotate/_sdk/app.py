@@ -37,7 +37,6 @@ from ccrotate._asgi import (
     Scope,
     Send,
     api_path,
-    json_body_ok,
     read_body,
     send_bytes,
     serve_lifespan,
@@ -53,8 +52,15 @@ from ccrotate._pool.strategy import SelectionContext
 from ccrotate._pool.taxonomy import classify
 from ccrotate._proxy.attempts import Refresher
 from ccrotate._proxy.dialects.openai.translator import OpenAITranslator
-from ccrotate._proxy.pipeline import Authenticator, watch_disconnect
-from ccrotate._proxy.record import Failover, Observer, RequestRecord, new_request_id
+from ccrotate._proxy.pipeline import Authenticator, refusal, watch_disconnect
+from ccrotate._proxy.record import (
+    Failover,
+    Observer,
+    RequestRecord,
+    new_request_id,
+    note_failover,
+    notify_request,
+)
 from ccrotate._sdk.config import SDKConfig
 from ccrotate._sdk.events import AgentError, AgentEvent, Failure, Result
 from ccrotate._sdk.output import Answer, OpenAIDialect, error_response, usage_into
@@ -196,11 +202,7 @@ class SDKApp:
             record.latency = time.perf_counter() - t0
             if record.client_disconnected:
                 record.status = 499
-            for observer in self.observers:
-                try:
-                    observer.on_request(record)
-                except Exception:
-                    log.exception("observer %r failed on a request record", observer)
+            notify_request(self.observers, record)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord,
                       openai: bool, session: str | None) -> None:
@@ -227,13 +229,9 @@ class SDKApp:
 
     async def _read(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord,
                     openai: bool) -> bytes | None:
-        if self.authenticate is not None and not self.authenticate(scope["headers"]):
-            await _refuse(send, record, 401, "authentication_error",
-                          "ccrotate: invalid or missing client key", openai=openai)
-            return None
-        if not json_body_ok(scope):
-            await _refuse(send, record, 415, "invalid_request_error",
-                          "ccrotate: the request body must be application/json", openai=openai)
+        refused = refusal(self.authenticate, scope)
+        if refused is not None:
+            await _refuse(send, record, *refused, openai=openai)
             return None
         try:
             return await read_body(scope, receive, self.max_body_size, self.body_timeout)
@@ -364,13 +362,8 @@ class SDKApp:
         self.pool.report(account.name, verdict, model=model)
         if answer.produced or not verdict.fail_over:
             return False
-        failover = Failover(account.name, verdict.reason.value, status)
-        answer.record.failovers.append(failover)
-        for observer in self.observers:
-            try:
-                observer.on_failover(answer.record, failover)
-            except Exception:
-                log.exception("observer %r failed on a failover", observer)
+        note_failover(answer.record, self.observers,
+                      Failover(account.name, verdict.reason.value, status))
         return True
 
     async def _attempt(self, agent: ModuleType, account: Account, request: AgentRequest,
