@@ -235,6 +235,23 @@ def serve_guarded(upstream_server: ServerHandle[FakeUpstream],
         yield make
 
 
+@contextlib.contextmanager
+def serve_replicas(upstream: ServerHandle[FakeUpstream],
+                   **settings: Any) -> Iterator[list[tuple[Rotator, str]]]:
+    """Two reference servers, ``one`` and ``two``, each with one API-key account of its own
+    named after it (own pools, own processes' worth of state), in front of ``upstream``."""
+    fake = upstream.app
+    with contextlib.ExitStack() as stack:
+        served = []
+        for name in ("one", "two"):
+            pool = AccountPool([Account(name=name, kind=AccountKind.API_KEY,
+                                        api_key=Secret(fake.add_api_key()))])
+            rotator = Rotator(Settings(upstream_url=upstream.url, hot_reload=False,
+                                       **settings), pool=pool)
+            served.append((rotator, stack.enter_context(serve_app(rotator.app)).url))
+        yield served
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Registered here as well as in pyproject, so --strict-markers accepts it either way.
     config.addinivalue_line("markers", "claude_code: runs the real Claude Code CLI "

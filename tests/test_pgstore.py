@@ -7,7 +7,6 @@ again on the same data dir and port), settings and secrecy. Every test runs a re
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from collections.abc import Iterator
@@ -18,21 +17,18 @@ import httpx
 import pytest
 
 from ccrotate import (
-    Account,
-    AccountKind,
     AccountPool,
     ConfigError,
     PostgresLogStore,
     Rotator,
-    Secret,
     Settings,
     load_settings,
 )
 from ccrotate._observe.accesslog import AccessLog, WriterSink
 from ccrotate._observe.entries import COLUMNS, LogFilter
 from ccrotate._observe.logs_api import logs_app
-from ccrotate.testing import FakeUpstream, ServerHandle, serve_app
-from conftest import HELLO, MODEL, Stack
+from ccrotate.testing import FakeUpstream, ServerHandle
+from conftest import HELLO, MODEL, Stack, serve_replicas
 from test_accesslog import Spy, record
 
 pytest.importorskip("psycopg")
@@ -112,15 +108,7 @@ async def test_replicas_starting_together_create_the_table_once(postgres_url: st
 def replicas(upstream_server: ServerHandle[FakeUpstream],
              postgres_url: str) -> Iterator[list[tuple[Rotator, str]]]:
     """Two reference servers (own pools, own processes' worth of state) sharing one log."""
-    fake = upstream_server.app
-    with contextlib.ExitStack() as stack:
-        served = []
-        for name in ("one", "two"):
-            pool = AccountPool([Account(name=name, kind=AccountKind.API_KEY,
-                                        api_key=Secret(fake.add_api_key()))])
-            rotator = Rotator(Settings(upstream_url=upstream_server.url, hot_reload=False,
-                                       access_log_url=postgres_url), pool=pool)
-            served.append((rotator, stack.enter_context(serve_app(rotator.app)).url))
+    with serve_replicas(upstream_server, access_log_url=postgres_url) as served:
         yield served
 
 

@@ -28,10 +28,10 @@ import httpx
 import pytest
 import yaml
 
-from ccrotate import Account, AccountKind, AccountPool, Rotator, Secret, Settings
+from ccrotate import Settings
 from ccrotate._server.config import FIELDS
-from ccrotate.testing import FakeUpstream, Gate, Reply, ServerHandle, serve_app
-from conftest import HELLO, MODEL
+from ccrotate.testing import FakeUpstream, Gate, Reply, ServerHandle
+from conftest import HELLO, MODEL, serve_replicas
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "replicas"
@@ -157,16 +157,8 @@ def running_nginx(replica_urls: list[str]) -> Iterator[str]:
 @pytest.fixture
 def two_replicas(upstream_server: ServerHandle[FakeUpstream]) -> Iterator[list[str]]:
     """Two reference servers, each with one account of its own, named after the replica."""
-    fake = upstream_server.app
-    with contextlib.ExitStack() as stack:
-        urls = []
-        for name in ("one", "two"):
-            pool = AccountPool([Account(name=name, kind=AccountKind.API_KEY,
-                                        api_key=Secret(fake.add_api_key()))])
-            rotator = Rotator(Settings(upstream_url=upstream_server.url, hot_reload=False),
-                              pool=pool)
-            urls.append(stack.enter_context(serve_app(rotator.app)).url)
-        yield urls
+    with serve_replicas(upstream_server) as served:
+        yield [url for _, url in served]
 
 
 @pytest.mark.slow
