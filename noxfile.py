@@ -47,7 +47,7 @@ def bench(session: nox.Session) -> None:
     as a ratio to the minimal proxy's in the same run, failing below a bound.
     """
     # granian for `--server granian`, the comparison in docs/benchmarks.md.
-    session.install("-e", ".[server,metrics]", "granian>=2.5")
+    session.install("-e", ".[server,metrics,aiohttp]", "granian>=2.5")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
@@ -58,7 +58,7 @@ def soak(session: nox.Session) -> None:
     Not a default session and not in CI: ``nox -s soak`` runs 10 minutes, ``nox -s soak --
     --minutes 2`` less.
     """
-    session.install("-e", ".[server,metrics]")
+    session.install("-e", ".[server,metrics,aiohttp]")
     session.run("python", "benchmarks/soak.py", *session.posargs)
 
 

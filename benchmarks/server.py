@@ -65,9 +65,20 @@ def configure(upstream: str) -> object:
         sinks = {"access_sinks": serve_logging(settings)}
     # The default upstream pool holds 512 connections; the memory figure opens 1,000
     # streams at once, so give it room (what a deployment expecting that would do too).
-    rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=AiohttpUpstream(
-        timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout,
-                          pool_size=4096)), **sinks)
+    timeouts = Timeouts(connect=settings.connect_timeout, read=settings.read_timeout,
+                        pool_size=4096)
+    # The default transport; CCROTATE_BENCH_UPSTREAM=aiohttp measures the earlier one
+    # (which a tree from before HttptoolsUpstream, --ccrotate-path, always uses).
+    try:
+        from ccrotate import HttptoolsUpstream
+    except ImportError:
+        HttptoolsUpstream = None  # type: ignore[assignment,misc]
+    upstream: Any
+    if HttptoolsUpstream is None or os.environ.get("CCROTATE_BENCH_UPSTREAM") == "aiohttp":
+        upstream = AiohttpUpstream(timeouts=timeouts)
+    else:
+        upstream = HttptoolsUpstream(timeouts=timeouts)
+    rotator = Rotator(settings, pool=AccountPool(accounts()), upstream=upstream, **sinks)
     observers = rotator.proxy.observers  # the list the pipeline reads, shared
     if "access_log" in off:
         observers.remove(rotator.access_log)

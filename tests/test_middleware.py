@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.sync.client import connect
 
-from ccrotate import RotatingProxy, RotationMiddleware
+from ccrotate import HttptoolsUpstream, RotatingProxy, RotationMiddleware
 from conftest import HELLO, MODEL, Stack
 
 pytest.importorskip("fastapi")
@@ -118,7 +118,6 @@ def test_prefix_is_proxied_and_everything_else_is_the_apps(serve_proxy: Any,
     life: dict[str, bool] = {}
     stack: Stack = serve_proxy(app=lambda proxy: factory(proxy, life))
     assert life == {"started": True}
-    assert stack.proxy.upstream._session is not None  # opened by the lifespan, not lazily
 
     client = anthropic.Anthropic(base_url=stack.url + "/api", api_key="k", max_retries=0)
     seen = []
@@ -130,6 +129,8 @@ def test_prefix_is_proxied_and_everything_else_is_the_apps(serve_proxy: Any,
         assert s.get_final_text() == "Hello from the fake Anthropic upstream."
     assert seen == ["a", "b", "c"]
     assert [r.path for r in stack.fake.requests] == ["/v1/messages"] * 4
+    assert isinstance(stack.proxy.upstream, HttptoolsUpstream)  # the default transport
+    assert stack.proxy.upstream.idle_connections == 1  # four requests in turn, one connection
 
     assert httpx.get(stack.url + "/").text == "home"
     assert httpx.get(stack.url + "/apiary").text == "home"  # a prefix of the name is not /api
@@ -154,12 +155,10 @@ def test_lifespan_closes_the_proxy_pool_with_the_app(
     with serve_app(factory(proxy, life)) as server:
         assert httpx.post(server.url + "/api/v1/messages/count_tokens",
                           json={"model": MODEL, "messages": HELLO}).status_code == 200
-        session = proxy.upstream._session
-        assert session is not None
-        assert not session.closed
+        assert isinstance(proxy.upstream, HttptoolsUpstream)
+        assert proxy.upstream.open_connections == 1  # kept alive for the next request
     assert life == {"started": True, "stopped": True}
-    assert session.closed
-    assert proxy.upstream._session is None
+    assert proxy.upstream.open_connections == 0
 
 
 def test_a_starlette_mount_serves_the_proxy_too(upstream_server: Any, pool: Any) -> None:
@@ -179,8 +178,9 @@ def test_a_starlette_mount_serves_the_proxy_too(upstream_server: Any, pool: Any)
         client = anthropic.Anthropic(base_url=server.url + "/api", api_key="k", max_retries=0)
         assert client.models.list().data[0].id == upstream_server.app.models[0]
         assert upstream_server.app.last_request.path == "/v1/models"
-        assert proxy.upstream._session is not None
-    assert proxy.upstream._session is None
+        assert isinstance(proxy.upstream, HttptoolsUpstream)
+        assert proxy.upstream.open_connections == 1
+    assert proxy.upstream.open_connections == 0
 
 
 def test_the_middleware_needs_a_pool_or_a_proxy() -> None:

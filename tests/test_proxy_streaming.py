@@ -17,9 +17,16 @@ from typing import Any
 import anyio
 import pytest
 
-from ccrotate import AccountPool, Failover, RequestRecord, RotatingProxy
+from ccrotate import (
+    AccountPool,
+    AiohttpUpstream,
+    Failover,
+    HttptoolsUpstream,
+    RequestRecord,
+    RotatingProxy,
+)
 from ccrotate._proxy.watch import DEADLINE, DISCONNECT, Watches
-from ccrotate._upstream.aiohttp_transport import _Response as UpstreamResponse
+from ccrotate._upstream import aiohttp_transport, httptools_transport
 from ccrotate.testing import (
     ApiError,
     CutStream,
@@ -101,10 +108,15 @@ class Harness:
         return sum(1 for _, m in self.sent if m["type"] == "http.response.body")
 
 
-@pytest.fixture
-async def proxy(upstream_server: Server, pool: AccountPool) -> AsyncIterator[RotatingProxy]:
-    """A proxy running in the test's own event loop (the fake upstream is served on loopback)."""
-    async with RotatingProxy(pool, config=fast_config(upstream_server.url)) as proxy:
+@pytest.fixture(params=["httptools", "aiohttp"])
+async def proxy(request: pytest.FixtureRequest, upstream_server: Server,
+                pool: AccountPool) -> AsyncIterator[RotatingProxy]:
+    """A proxy running in the test's own event loop (the fake upstream is served on loopback),
+    on the default transport and on aiohttp's."""
+    config = fast_config(upstream_server.url)
+    kind = HttptoolsUpstream if request.param == "httptools" else AiohttpUpstream
+    upstream = kind(timeouts=config.timeouts)
+    async with RotatingProxy(pool, config=config, upstream=upstream) as proxy:
         yield proxy
 
 
@@ -122,8 +134,12 @@ class Records:
 
 
 def acquired(proxy: RotatingProxy) -> int:
-    """Upstream connections the proxy's aiohttp pool has handed out and not got back."""
-    session = proxy.upstream._session
+    """Upstream connections the proxy's transport has handed out and not got back."""
+    upstream = proxy.upstream
+    if isinstance(upstream, HttptoolsUpstream):
+        return upstream.open_connections - upstream.idle_connections
+    assert isinstance(upstream, AiohttpUpstream)
+    session = upstream._session
     assert session is not None
     connector = session.connector
     assert connector is not None
@@ -156,15 +172,17 @@ async def test_one_upstream_chunk_is_pulled_per_client_send(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """While the client is not reading, the proxy reads nothing more from the upstream."""
     pulled = 0
-    original = UpstreamResponse.chunks
+    response = (httptools_transport._Response if isinstance(proxy.upstream, HttptoolsUpstream)
+                else aiohttp_transport._Response)
+    original = response.chunks
 
-    async def counting(self: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def counting(self: Any) -> AsyncIterator[bytes]:
         nonlocal pulled
         async for chunk in original(self):
             pulled += 1
             yield chunk
 
-    monkeypatch.setattr(UpstreamResponse, "chunks", counting)
+    monkeypatch.setattr(response, "chunks", counting)
     fake_upstream.script(KEY_A, Reply(event_gap=0.01, text_deltas=20))
     stalled = anyio.Event()
     resume = anyio.Event()

@@ -27,6 +27,7 @@ from ccrotate import (
     AccountsFile,
     AccountsFileError,
     ConfigError,
+    HttptoolsUpstream,
     ProxyConfig,
     RotationMiddleware,
     Rotator,
@@ -60,6 +61,12 @@ def settings_for(upstream: ServerHandle[FakeUpstream], path: Path, **extra: Any)
                     credentials_path=path.parent / "none.json", **extra)
 
 
+def connections(rotator: Rotator) -> int:
+    """Upstream connections the rotator's (default) transport holds open."""
+    assert isinstance(rotator.upstream, HttptoolsUpstream)
+    return rotator.upstream.open_connections
+
+
 def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -85,7 +92,7 @@ async def test_a_built_rotator_runs_nothing_and_its_app_refuses_clearly(
     write_accounts(tmp_path / "accounts.json", upstream_server.app)
     rotator = Rotator(settings_for(upstream_server, tmp_path / "accounts.json"))
     assert not rotator.running
-    assert getattr(rotator.upstream, "_session", None) is None
+    assert connections(rotator) == 0
     transport = httpx.ASGITransport(app=rotator.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         answer = await client.post("/api/v1/messages", json={
@@ -114,6 +121,7 @@ async def test_async_with_starts_and_stops_every_part(
                                    json={"model": "claude-sonnet-4-6", "max_tokens": 8,
                                          "messages": HELLO})
         assert answer.status_code == 200
+        assert connections(rotator) == 1  # kept alive until the rotator stops
         for _ in range(500):  # the access log flushes in the background
             if (await client.get("/logs/entries")).json()["entries"]:
                 break
@@ -122,7 +130,7 @@ async def test_async_with_starts_and_stops_every_part(
         with pytest.raises(ConfigError, match="already started"):
             await rotator.__aenter__()
     assert not rotator.running
-    assert getattr(rotator.upstream, "_session", None) is None
+    assert connections(rotator) == 0
     saved = {a.name: a for a in AccountsFile(tmp_path / "accounts.json").load()}
     assert saved["sub"] == rotator.pool.account("sub")  # the new tokens were written back
 
@@ -194,7 +202,7 @@ def test_example_host_apps_run_ccrotate_fully_under_claude(
             status = httpx.get(server.url + "/claude/status").json()
             assert {a["name"] for a in status["accounts"]} == {"key", "sub"}
         assert not rotator.running
-        assert getattr(rotator.upstream, "_session", None) is None
+        assert connections(rotator) == 0
 
 
 # -- seams wired through the pipeline ------------------------------------------------------------

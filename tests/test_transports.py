@@ -1,6 +1,6 @@
-"""The upstream transports: one contract, three implementations, and the proxy on top of them.
+"""The upstream transports: one contract, four implementations, and the proxy on top of them.
 
-The contract tests run against every transport: aiohttp and httpx (the transport's own
+The contract tests run against every transport: httptools, aiohttp and httpx (the transport's own
 client, and a user's ``httpx2.AsyncClient``) talk to a :class:`FakeUpstream` served on a
 loopback port; :class:`ASGIUpstream` calls the same fake in process. Streaming is shown
 with the fake's gates (a chunk arrives while the fake is provably still holding the
@@ -36,6 +36,7 @@ from ccrotate import (
     AiohttpUpstream,
     ASGIUpstream,
     ConfigError,
+    HttptoolsUpstream,
     HTTPXUpstream,
     RotatingProxy,
     Timeouts,
@@ -51,7 +52,7 @@ from conftest import HELLO, KEY_A, MODEL, fast_config
 KEY = "sk-ant-api03-transport-test"
 HEADERS = [("x-api-key", KEY), ("anthropic-version", "2023-06-01"),
            ("content-type", "application/json"), ("accept-encoding", "identity")]
-TRANSPORTS = ["aiohttp", "httpx", "httpx2", "asgi"]
+TRANSPORTS = ["httptools", "aiohttp", "httpx", "httpx2", "asgi"]
 
 
 def messages_body(*, stream: bool = False) -> bytes:
@@ -78,6 +79,8 @@ class Harness:
 
     def transport(self, read: float | None = None) -> Upstream:
         timeouts = Timeouts(read=read) if read is not None else None
+        if self.kind == "httptools":
+            return HttptoolsUpstream(timeouts=timeouts)
         if self.kind == "aiohttp":
             return AiohttpUpstream(timeouts=timeouts)
         if self.kind == "httpx":
@@ -266,7 +269,7 @@ async def test_aclose_is_idempotent(harness: Harness) -> None:
             await client.aclose()
 
 
-@pytest.mark.parametrize("kind", ["aiohttp", "httpx", "httpx2"])
+@pytest.mark.parametrize("kind", ["httptools", "aiohttp", "httpx", "httpx2"])
 async def test_connection_refused_is_a_connect_error(kind: str) -> None:
     """Nothing listening: UpstreamConnectError from send(), cause kept."""
     harness = Harness(kind, FakeUpstream(), f"http://127.0.0.1:{closed_port()}")

@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
     from ccrotate._upstream.asgi_transport import ASGIUpstream
     from ccrotate._upstream.base import Timeouts, Upstream, UpstreamResponse
+    from ccrotate._upstream.httptools_transport import HttptoolsUpstream
     from ccrotate._upstream.httpx_transport import HTTPXUpstream
     from ccrotate._upstream.providers import (
         APIKeyProvider,
@@ -116,6 +117,7 @@ _LAZY: dict[str, str] = {
     "FirstAvailable": "ccrotate._pool.strategy",
     "LeastRecentlyUsed": "ccrotate._pool.strategy",
     "HTTPXUpstream": "ccrotate._upstream.httpx_transport",
+    "HttptoolsUpstream": "ccrotate._upstream.httptools_transport",
     "HealthView": "ccrotate._observe.health",
     "LogStore": "ccrotate._observe.logstore",
     "LoggingSink": "ccrotate._observe.accesslog",
@@ -201,6 +203,7 @@ __all__ = [
     "FirstAvailable",
     "HTTPXUpstream",
     "HealthView",
+    "HttptoolsUpstream",
     "InvalidGrant",
     "LeastRecentlyUsed",
     "LogStore",

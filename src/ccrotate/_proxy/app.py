@@ -34,8 +34,8 @@ from ccrotate._proxy.dialects.openai.translator import OpenAITranslator
 from ccrotate._proxy.pipeline import Authenticator, Pipeline
 from ccrotate._proxy.record import Observer
 from ccrotate._state.sync import StateSync
-from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
 from ccrotate._upstream.base import Timeouts, Upstream
+from ccrotate._upstream.httptools_transport import HttptoolsUpstream
 from ccrotate._upstream.providers import Providers
 from ccrotate._wire import CLAUDE_CODE_IDENTITY
 
@@ -145,7 +145,7 @@ class RotatingProxy:
         observers: receive a :class:`RequestRecord` per request (metrics, access log).
         openai: the OpenAI dialect: an :class:`OpenAIRoute`, an :class:`OpenAITranslator`
             (wrapped in a route), ``True`` for the default, or ``None`` for none.
-        upstream: the transport (:class:`AiohttpUpstream` by default).
+        upstream: the transport (:class:`HttptoolsUpstream` by default).
         sync: a :class:`~ccrotate._state.sync.StateSync` over a shared state backend
             (:class:`Rotator` builds one when ``state_url`` is set); its service must run.
         providers: how each kind of account is presented upstream (built from ``config``
@@ -162,7 +162,7 @@ class RotatingProxy:
                  upstream: Upstream | None = None, providers: Providers | None = None,
                  sync: StateSync | None = None) -> None:
         self.config = config = config or ProxyConfig()
-        self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=config.timeouts)
+        self.upstream: Upstream = upstream or HttptoolsUpstream(timeouts=config.timeouts)
         self.openai = _openai_route(openai)
         self.providers = providers or Providers(
             config.upstream_url, relocate_system=config.relocate_system,

@@ -52,6 +52,7 @@ from ccrotate._tokens.refresh import TokenRefresher
 from ccrotate._tokens.reload import AccountsWatcher
 from ccrotate._upstream.aiohttp_transport import AiohttpUpstream
 from ccrotate._upstream.base import Timeouts, Upstream
+from ccrotate._upstream.httptools_transport import HttptoolsUpstream
 from ccrotate._wire import error_body
 
 if TYPE_CHECKING:  # prometheus_client is an optional extra
@@ -88,8 +89,9 @@ class Rotator:
     Parameters:
         settings: the :class:`Settings` (defaults, environment and config file are read
             by :func:`load_settings`; ``Settings()`` is the plain defaults).
-        upstream: the transport (:class:`AiohttpUpstream` by default; pass
-            :class:`HTTPXUpstream` or :class:`ASGIUpstream` to change it).
+        upstream: the transport (:class:`HttptoolsUpstream` by default; pass
+            :class:`AiohttpUpstream`, :class:`HTTPXUpstream` or :class:`ASGIUpstream`
+            to change it).
         pool: an :class:`AccountPool` to use instead of loading the accounts file.
         accounts_file: the file to load (and write refreshed tokens back to); by default
             the one the settings name, or the Claude CLI's login.
@@ -122,7 +124,7 @@ class Rotator:
         self.pool = pool
         self.accounts_file = accounts_file
         self.config = _proxy_config(settings)
-        self.upstream: Upstream = upstream or AiohttpUpstream(timeouts=self.config.timeouts)
+        self.upstream: Upstream = upstream or HttptoolsUpstream(timeouts=self.config.timeouts)
         self.state: StateBackend = state if state is not None else _state_backend(settings)
         self.sync: StateSync | None = StateSync(
             pool, self.state, affinity_ttl=settings.affinity_ttl) if self.state.shared else None
