@@ -211,6 +211,25 @@ def test_strategy_names_the_pools_strategies() -> None:
     assert load(env={"CCROTATE_STRATEGY": "first_available"}).strategy == "first_available"
 
 
+@pytest.mark.parametrize(("name", "kind"), [("httptools", "HttptoolsUpstream"),
+                                             ("aiohttp", "AiohttpUpstream"),
+                                             ("HTTPX", "HTTPXUpstream")])
+def test_upstream_client_picks_the_rotators_transport(name: str, kind: str) -> None:
+    """``upstream_client`` names the transport a Rotator builds, with its timeouts."""
+    from ccrotate import AccountPool, Rotator
+
+    settings = load(env={"CCROTATE_UPSTREAM_CLIENT": name, "CCROTATE_READ_TIMEOUT": "7"})
+    rotator = Rotator(settings, pool=AccountPool([]))
+    assert type(rotator.upstream).__name__ == kind
+    assert rotator.upstream.timeouts.read == 7.0  # type: ignore[attr-defined]
+
+
+def test_upstream_client_names_the_choices() -> None:
+    assert Settings().upstream_client == "httptools"
+    assert "expected one of 'httptools', 'aiohttp', 'httpx', got 'requests'" in error_of(
+        env={"CCROTATE_UPSTREAM_CLIENT": "requests"})
+
+
 def test_urls() -> None:
     s = load(env={"CCROTATE_UPSTREAM_URL": "http://localhost:9999/anthropic/",
                   "CCROTATE_OAUTH_TOKEN_URL": "https://auth.example/token"})

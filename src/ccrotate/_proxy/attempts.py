@@ -400,11 +400,19 @@ async def _peek_stream(account: Account, resp: UpstreamResponse,
         return Won(account, resp, [], True, None)
     scanner = SSEScanner()
     head: list[bytes] = []
-    async for chunk in resp.chunks():
-        head.append(chunk)
-        scanner.feed(chunk)
-        if scanner.first_event_complete():
-            break
+    chunks = resp.chunks()
+    try:
+        async for chunk in chunks:
+            head.append(chunk)
+            scanner.feed(chunk)
+            if scanner.first_event_complete():
+                break
+    finally:
+        # Closed here: a generator left to the garbage collector is closed by a task
+        # the event loop schedules through its thread-safe wake-up, a syscall per stream.
+        aclose = getattr(chunks, "aclose", None)  # a transport may return a plain iterator
+        if aclose is not None:
+            await aclose()
     if scanner.error is not None:
         type_, message = scanner.error
         await resp.aclose()

@@ -35,12 +35,16 @@ from ccrotate._checks import masked_url
 from ccrotate._exceptions import ConfigError
 from ccrotate._pool.strategy import STRATEGIES as _STRATEGY_CLASSES
 
-__all__ = ["FIELDS", "LOG_LEVELS", "STRATEGIES", "FieldSpec", "Settings", "load_settings"]
+__all__ = ["FIELDS", "LOG_LEVELS", "STRATEGIES", "UPSTREAM_CLIENTS", "FieldSpec", "Settings",
+           "load_settings"]
 
 STRATEGIES: tuple[str, ...] = tuple(_STRATEGY_CLASSES)
 """Account-selection strategies the ``strategy`` setting accepts."""
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+
+UPSTREAM_CLIENTS: tuple[str, ...] = ("httptools", "aiohttp", "httpx")
+"""HTTP clients the ``upstream_client`` setting accepts (see docs/proxy.md#upstream-transports)."""
 """Accepted ``log_level`` values (case-insensitive on input, stored lower-case)."""
 
 Parser = Callable[[object], object]
@@ -440,6 +444,10 @@ FIELDS: tuple[FieldSpec, ...] = (
           _seconds(zero_ok=False), "Seconds to connect to the upstream."),
     _spec("read_timeout", "CCROTATE_READ_TIMEOUT", "upstream.read_timeout",
           _seconds(zero_ok=False), "Longest gap in seconds between upstream bytes."),
+    _spec("upstream_client", "CCROTATE_UPSTREAM_CLIENT", "upstream.client",
+          lambda raw: _pick(raw, UPSTREAM_CLIENTS),
+          "The HTTP client to the upstream: httptools (the fastest), aiohttp or httpx "
+          "(honours HTTPS_PROXY)."),
     _spec("state_url", "CCROTATE_STATE_URL", "state.url",
           lambda raw: None if raw is None or raw == "" else _redis_url(raw),
           "Redis URL of the state replicas share (cooldowns, rotation, tokens); unset: "
@@ -557,6 +565,7 @@ class Settings:
     max_body_size: int = 32 * 1024 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    upstream_client: str = "httptools"
     state_url: str | None = None
     state_namespace: str = "ccrotate"
     model_aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}),

@@ -89,9 +89,9 @@ class Rotator:
     Parameters:
         settings: the :class:`Settings` (defaults, environment and config file are read
             by :func:`load_settings`; ``Settings()`` is the plain defaults).
-        upstream: the transport (:class:`HttptoolsUpstream` by default; pass
-            :class:`AiohttpUpstream`, :class:`HTTPXUpstream` or :class:`ASGIUpstream`
-            to change it).
+        upstream: the transport; by default the one ``settings.upstream_client`` names
+            (:class:`HttptoolsUpstream`, :class:`AiohttpUpstream` or :class:`HTTPXUpstream`),
+            or pass any, such as an :class:`ASGIUpstream`.
         pool: an :class:`AccountPool` to use instead of loading the accounts file.
         accounts_file: the file to load (and write refreshed tokens back to); by default
             the one the settings name, or the Claude CLI's login.
@@ -124,7 +124,7 @@ class Rotator:
         self.pool = pool
         self.accounts_file = accounts_file
         self.config = _proxy_config(settings)
-        self.upstream: Upstream = upstream or HttptoolsUpstream(timeouts=self.config.timeouts)
+        self.upstream: Upstream = upstream or _upstream_for(settings, self.config.timeouts)
         self.state: StateBackend = state if state is not None else _state_backend(settings)
         self.sync: StateSync | None = StateSync(
             pool, self.state, affinity_ttl=settings.affinity_ttl) if self.state.shared else None
@@ -311,6 +311,17 @@ def _proxy_config(settings: Settings) -> ProxyConfig:
         request_timeout=settings.request_timeout,
         capacity_wait=settings.capacity_wait,
         timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
+
+
+def _upstream_for(settings: Settings, timeouts: Timeouts) -> Upstream:
+    # The `upstream_client` setting; each is imported with its choice (httpx's import is
+    # ~50 ms that a server on the default never pays).
+    if settings.upstream_client == "aiohttp":
+        return AiohttpUpstream(timeouts=timeouts)
+    if settings.upstream_client == "httpx":
+        from ccrotate._upstream.httpx_transport import HTTPXUpstream
+        return HTTPXUpstream(timeouts=timeouts)
+    return HttptoolsUpstream(timeouts=timeouts)
 
 
 def _log_store(settings: Settings) -> LogStore:
