@@ -81,6 +81,20 @@ async def answer_each(peer_: Peer, reader: asyncio.StreamReader,
         await writer.drain()
 
 
+def replying(raw: bytes, *, hold: bool = False) -> Handler:
+    """A peer answering one request with ``raw``, then hanging up (with ``hold``: keeping
+    the connection until the client leaves)."""
+    async def handler(peer_: Peer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await peer_.read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        if hold:
+            await reader.read()
+
+    return handler
+
+
 HEADERS = [("x-api-key", "sk-ant-api03-h1"), ("content-type", "application/json")]
 
 
@@ -104,14 +118,8 @@ async def test_requests_in_turn_share_one_connection_and_the_wire_is_plain() -> 
 
 async def test_a_half_read_answer_closes_its_connection() -> None:
     """A response closed before its end is not reused: the next request dials anew."""
-    async def slow_stream(peer_: Peer, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        await peer_.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        await writer.drain()
-        await reader.read()  # until the client hangs up
-
+    slow_stream = replying(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                           b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n", hold=True)
     async with peer(slow_stream) as server, HttptoolsUpstream() as upstream:
         for _ in range(2):
             resp = await upstream.send("POST", server.url, HEADERS, b"{}")
@@ -139,13 +147,7 @@ async def test_pool_size_caps_open_connections() -> None:
 
 async def test_an_idle_connection_the_upstream_closed_is_not_used() -> None:
     """The peer hangs up after one answer (keep-alive ended): the next request dials."""
-    async def once(peer_: Peer, reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter) -> None:
-        await peer_.read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-
-    async with peer(once) as server, HttptoolsUpstream() as upstream:
+    async with peer(replying(OK)) as server, HttptoolsUpstream() as upstream:
         for _ in range(2):
             resp = await upstream.send("POST", server.url, HEADERS, b"{}")
             assert await resp.read() == b"{}"
@@ -219,13 +221,8 @@ async def test_a_slow_reader_stops_the_upstream_sending() -> None:
 
 async def test_an_answer_without_length_ends_with_the_connection() -> None:
     """Neither content-length nor chunked: the body is what came before the close."""
-    async def unframed(peer_: Peer, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> None:
-        await peer_.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                     b"connection: close\r\n\r\n{\"ok\": true}")
-        await writer.drain()
-
+    unframed = replying(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"connection: close\r\n\r\n{\"ok\": true}")
     async with peer(unframed) as server, HttptoolsUpstream() as upstream:
         resp = await upstream.send("POST", server.url, HEADERS, b"{}")
         assert await resp.read() == b'{"ok": true}'
@@ -234,13 +231,7 @@ async def test_an_answer_without_length_ends_with_the_connection() -> None:
 
 async def test_garbage_is_a_protocol_error() -> None:
     """Bytes that are not HTTP/1.1: UpstreamProtocolError with the parser's error as cause."""
-    async def garbage(peer_: Peer, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await peer_.read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-
+    garbage = replying(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", hold=True)
     async with peer(garbage) as server, HttptoolsUpstream() as upstream:
         with pytest.raises(UpstreamProtocolError, match="malformed") as caught:
             await upstream.send("POST", server.url, HEADERS, b"{}")

@@ -39,7 +39,7 @@ __all__ = ["HttptoolsUpstream"]
 _KEEPALIVE = 30.0  # seconds an idle connection is kept (as AiohttpUpstream's pool)
 _HIGH_WATER = 1 << 20  # buffered body bytes past which reading pauses until drained
 _TARGET_SAFE = "/?:@!$&'()*+,;=%~"
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+_IDEMPOTENT = frozenset({"GET", "OPTIONS"})  # HEAD is never sent: the proxy routes no HEAD
 _Origin = tuple[str, str, int]
 
 
