@@ -249,11 +249,18 @@ async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(
     assert server.requests == []
 
 
-async def test_an_unsupported_url_is_a_connect_error() -> None:
-    """Only http and https origins."""
+@pytest.mark.parametrize(("url", "says"), [
+    ("ftp://user:s3cret@example.invalid/x", "unsupported URL"),
+    ("http://user:s3cret@example.invalid:99999/x", "bad port"),
+    ("http://user:s3cret@exa\x7fmple.invalid/x", "bad host"),
+])
+async def test_a_bad_url_is_a_connect_error_that_does_not_quote_it(url: str, says: str) -> None:
+    """Only http and https origins with a usable host and port; the message never
+    repeats the URL, whose userinfo may be a credential."""
     async with HttptoolsUpstream() as upstream:
-        with pytest.raises(UpstreamConnectError, match="unsupported URL"):
-            await upstream.send("POST", "ftp://example.invalid/x", HEADERS, b"{}")
+        with pytest.raises(UpstreamConnectError, match=says) as caught:
+            await upstream.send("POST", url, HEADERS, b"{}")
+    assert "s3cret" not in str(caught.value)
 
 
 @pytest.fixture(scope="module")

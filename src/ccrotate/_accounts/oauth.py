@@ -2,8 +2,8 @@
 
 Shared by the refresher (``grant_type=refresh_token``) and the login flow
 (``grant_type=authorization_code``). httpx is used here: a token request happens
-a few times a day per account, so the hot-path argument for aiohttp does not
-apply, and pytest-httpx can stand in for the endpoint. No httpx exception and
+a few times a day per account, so the hot-path argument for a lean client does
+not apply, and pytest-httpx can stand in for the endpoint. No httpx exception and
 no token ever leaves this module in a message.
 """
 

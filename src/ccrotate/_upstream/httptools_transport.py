@@ -388,15 +388,17 @@ class HttptoolsUpstream(Transport):
     def _target(self, url: str) -> tuple[_Origin, bytes]:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
+        # The messages never quote the URL: an account's base URL may carry credentials.
         if scheme not in ("http", "https") or not parts.hostname:
-            raise UpstreamConnectError(f"cannot connect to upstream: unsupported URL {url!r}")
+            raise UpstreamConnectError("cannot connect to upstream: unsupported URL "
+                                       f"(scheme {scheme!r}, an http or https URL expected)")
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError as exc:
-            raise UpstreamConnectError(f"cannot connect to upstream: bad port in {url!r}") from exc
+            raise UpstreamConnectError("cannot connect to upstream: bad port in the URL") from exc
         netloc = parts.netloc.rpartition("@")[2]
         if not netloc.isascii() or not netloc.isprintable() or " " in netloc:
-            raise UpstreamConnectError(f"cannot connect to upstream: bad host in {url!r}")
+            raise UpstreamConnectError("cannot connect to upstream: bad host in the URL")
         # The path comes decoded from the client's request (a model id, say): a space or
         # a CR LF in it would split the request line, so everything outside RFC 3986's
         # path and query characters is percent-encoded, as aiohttp's URL does.

@@ -1,11 +1,11 @@
 """An upstream transport over the user's own ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``).
 
-For the cases the default aiohttp transport cannot cover: a corporate proxy or
-custom TLS already configured on an httpx client, or ``pytest-httpx`` (and
-``httpx2-pytest``) mocking the upstream in a user's tests. It is not the fast
-path: httpcore's default pool is several times slower than aiohttp under
-concurrency (docs/benchmarks.md), so :class:`~ccrotate.AiohttpUpstream` stays
-the default.
+For the cases the default transport cannot cover: a corporate proxy (its own client
+honours ``HTTPS_PROXY``) or TLS already configured on an httpx client, or
+``pytest-httpx`` (and ``httpx2-pytest``) mocking the upstream in a user's tests. It is
+not the fast path: httpcore's default pool is several times slower than aiohttp under
+concurrency, and aiohttp slower than :class:`~ccrotate.HttptoolsUpstream`, the default
+(docs/benchmarks.md).
 
 Bodies pass through as received (``aiter_raw``): the proxy forwards
 ``content-encoding`` as-is, so decoding here would corrupt them. httpx is
