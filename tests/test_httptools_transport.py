@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import shutil
 import ssl
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ccrotate import (
     HttptoolsUpstream,
@@ -330,3 +333,42 @@ async def test_the_request_target_is_percent_encoded(path: str, sent: bytes) -> 
     assert len(server.requests) == 1
     assert server.requests[0].split(b"\r\n")[0] == b"GET " + sent + b" HTTP/1.1"
     assert b"x-injected" not in server.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n", 1)[1]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=12),
+       chunked=st.booleans())
+async def test_an_answer_split_anywhere_reads_the_same(cuts: list[int], chunked: bool) -> None:
+    """However the peer's bytes are cut into TCP writes (mid-line, mid-chunk-size,
+    mid-header), the body read is the body sent, and the connection is reused after."""
+    events = b"".join(b"event: content_block_delta\ndata: {\"n\": %d}\n\n" % i for i in range(8))
+    if chunked:
+        body = b"".join(b"%x\r\n%s\r\n" % (len(events[i:i + 50]), events[i:i + 50])
+                        for i in range(0, len(events), 50)) + b"0\r\n\r\n"
+        head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n")
+    else:
+        body = events
+        head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"content-length: %d\r\n\r\n" % len(events))
+    wire = head + body
+    marks = sorted({min(c, len(wire) - 1) for c in cuts} | {0, len(wire)})
+
+    async def fragmented(peer_: Peer, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        while True:
+            await peer_.read_request(reader)
+            for start, end in itertools.pairwise(marks):
+                writer.write(wire[start:end])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async with peer(fragmented) as server, HttptoolsUpstream() as upstream:
+        for _ in range(2):
+            resp = await upstream.send("POST", server.url, HEADERS, b"{}")
+            assert resp.content_type == "text/event-stream"
+            got = b"".join([chunk async for chunk in resp.chunks()])
+            await resp.aclose()
+            assert got == events
+    assert server.connections == 1
