@@ -8,14 +8,22 @@ cost of one request, start-up and imports cancelling out. A neighbour on the mac
 cannot change the count, so it prices changes too small for a timed run to see
 (docs/benchmarks.md, "Issue 18").
 
+``--transport httptools`` (or ``aiohttp``) replaces the stub by that transport talking
+to the bench's fake upstream (``upstream.py``, started outside valgrind, so only the
+proxy's process is counted): the client's cost, socket calls and event-loop work
+included, which the stub leaves out. Timing then enters a little (the deadline sweeper
+may tick during a request under valgrind), so counts vary by a few thousand.
+
 Usage: ``python benchmarks/instructions.py [--stream] [--lines stream|logging|none]
-[--off access_log,metrics,auth] [--ccrotate-path DIR]``. Needs valgrind on the PATH.
+[--off access_log,metrics,auth] [--transport stub|httptools|aiohttp] [--ccrotate-path DIR]``.
+Needs valgrind on the PATH.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -23,7 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 MODEL = "claude-sonnet-4-6"
@@ -113,13 +121,24 @@ class _Request:
         self.sent.append(message)
 
 
-async def _drive(count: int, stream: bool, lines: str, off: set[str], sink: Any) -> None:
+def _upstream(stream: bool, transport: str) -> Any:
+    if transport == "stub":
+        return _Upstream(stream)
+    import ccrotate
+
+    # A tree from before HttptoolsUpstream (--ccrotate-path) has only aiohttp's.
+    kind = getattr(ccrotate, "HttptoolsUpstream", None) if transport == "httptools" else None
+    return (kind or ccrotate.AiohttpUpstream)()
+
+
+async def _drive(count: int, stream: bool, lines: str, off: set[str], sink: Any,
+                 transport: str = "stub", upstream_url: str = "http://127.0.0.1:9") -> None:
     import logging
 
     from ccrotate import Account, AccountKind, AccountPool, Rotator, Secret, Settings
 
     client_key = "bench-client-key-0123456789"
-    settings = Settings(upstream_url="http://127.0.0.1:9", hot_reload=False,
+    settings = Settings(upstream_url=upstream_url, hot_reload=False,
                         auth_tokens=() if "auth" in off else (client_key,))
     options: dict[str, Any] = {}
     if lines == "stream":
@@ -130,8 +149,8 @@ async def _drive(count: int, stream: bool, lines: str, off: set[str], sink: Any)
                             stream=sink)
     accounts = [Account(name=f"acct{i}", kind=AccountKind.API_KEY,
                         api_key=Secret(f"sk-ant-api03-key{i}")) for i in range(3)]
-    rotator = Rotator(settings, pool=AccountPool(accounts), upstream=_Upstream(stream),
-                      **options)
+    rotator = Rotator(settings, pool=AccountPool(accounts),
+                      upstream=_upstream(stream, transport), **options)
     if "access_log" in off:
         rotator.proxy.observers.remove(rotator.access_log)
     if "metrics" in off and rotator.metrics is not None:
@@ -160,7 +179,7 @@ async def _drive(count: int, stream: bool, lines: str, off: set[str], sink: Any)
         await rotator.access_log.flush()
 
 
-def _count(args: argparse.Namespace, requests: int) -> int:
+def _count(args: argparse.Namespace, requests: int, upstream_url: str | None) -> int:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     if args.ccrotate_path:
         env["PYTHONPATH"] = args.ccrotate_path
@@ -169,6 +188,8 @@ def _count(args: argparse.Namespace, requests: int) -> int:
            str(requests), "--lines", args.lines, "--off", args.off]
     if args.stream:
         cmd.append("--stream")
+    if upstream_url is not None:
+        cmd += ["--transport", args.transport, "--upstream-url", upstream_url]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stderr
     found = re.search(r"I\s+refs:\s+([\d,]+)", out)
     if found is None:
@@ -183,24 +204,50 @@ def main(argv: list[str] | None = None) -> int:
                         help="access-log lines as ccrotate serve writes them (stream), "
                              "through logging, or none")
     parser.add_argument("--off", default="", help="comma list of: access_log, metrics, auth")
+    parser.add_argument("--transport", choices=("stub", "httptools", "aiohttp"),
+                        default="stub", help="the in-process stub (ccrotate's work only), "
+                        "or a real transport to the bench's fake upstream")
     parser.add_argument("--ccrotate-path", help="import ccrotate from this directory")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     off = set(filter(None, args.off.split(",")))
     if args.child is not None:
         import uvloop
 
         with open(os.devnull, "w") as sink:
-            uvloop.run(_drive(args.child, args.stream, args.lines, off, sink))
+            uvloop.run(_drive(args.child, args.stream, args.lines, off, sink, args.transport,
+                              args.upstream_url or "http://127.0.0.1:9"))
         return 0
     if shutil.which("valgrind") is None:
         print("instructions.py needs valgrind (apt install valgrind)", file=sys.stderr)
         return 2
-    per_request = (_count(args, 1300) - _count(args, 300)) / 1000
+    with _fake_upstream(args.transport) as upstream_url:
+        per_request = (_count(args, 1300, upstream_url) - _count(args, 300, upstream_url)) / 1000
     shape = "streamed" if args.stream else "plain"
     print(f"{per_request / 1000:.0f}k instructions per request ({shape}, lines: {args.lines}, "
-          f"off: {args.off or 'none'})")
+          f"off: {args.off or 'none'}, transport: {args.transport})")
     return 0
+
+
+@contextlib.contextmanager
+def _fake_upstream(transport: str) -> Iterator[str | None]:
+    # The bench's upstream in a process of its own, outside valgrind.
+    if transport == "stub":
+        yield None
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, os.path.join(here, "upstream.py")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise SystemExit(f"the fake upstream did not start: {line!r}")
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 if __name__ == "__main__":

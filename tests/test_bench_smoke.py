@@ -144,3 +144,22 @@ def test_the_instruction_count_harness_drives_the_app(args: list[str]) -> None:
         [sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--child", "30", *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("transport", ["httptools", "aiohttp"])
+def test_the_instruction_count_harness_drives_a_real_transport(transport: str) -> None:
+    """With ``--transport``, the counted run talks to the bench's fake upstream over a
+    socket through that transport, and every request still gets its 200."""
+    upstream = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "upstream.py")],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert upstream.stdout is not None
+        port = int(upstream.stdout.readline().split()[1])
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--child", "30",
+             "--transport", transport, "--upstream-url", f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    assert proc.returncode == 0, proc.stderr[-3000:]
