@@ -29,7 +29,7 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts, Transport
+from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, RawHeaders, Timeouts, Transport
 
 __all__ = ["ASGIUpstream"]
 
@@ -132,22 +132,6 @@ class _Exchange:
             await self.done.wait()
 
 
-class _Headers:
-    """Case-insensitive first-value lookup over raw header pairs."""
-
-    __slots__ = ("_first",)
-
-    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
-        first: dict[str, str] = {}
-        for key, value in raw:
-            first.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        self._first = first
-
-    def get(self, key: str, /) -> str | None:
-        """The first value of ``key`` (any case), or ``None``."""
-        return self._first.get(key.lower())
-
-
 class _Response:
     """The app's response as an :class:`UpstreamResponse`, streaming from its task."""
 
@@ -163,7 +147,7 @@ class _Response:
         self._closed = False
         self.status: int = ex.status
         self.raw_headers: Sequence[tuple[bytes, bytes]] = ex.raw_headers
-        self.headers = _Headers(ex.raw_headers)
+        self.headers = RawHeaders(ex.raw_headers)
 
     @property
     def content_type(self) -> str:

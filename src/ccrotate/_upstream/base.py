@@ -17,7 +17,8 @@ from typing import Protocol, Self, runtime_checkable
 
 from ccrotate._exceptions import ConfigError
 
-__all__ = ["HeaderLookup", "Timeouts", "Transport", "Upstream", "UpstreamResponse"]
+__all__ = ["HeaderLookup", "RawHeaders", "Timeouts", "Transport", "Upstream",
+           "UpstreamResponse"]
 
 DEFAULT_BODY_LIMIT = 64 * 1024 * 1024
 
@@ -52,6 +53,29 @@ class HeaderLookup(Protocol):
     def get(self, key: str, /) -> str | None:
         """The first value of ``key``, or ``None``."""
         ...
+
+
+class RawHeaders:
+    """A :class:`HeaderLookup` over raw header pairs: case-insensitive, first value wins.
+
+    The mapping is built on the first ``get``: a response whose headers nobody asks
+    for (most of them, on the proxy's hot path) never pays for it.
+    """
+
+    __slots__ = ("_first", "_raw")
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._first: dict[str, str] | None = None
+
+    def get(self, key: str, /) -> str | None:
+        """The first value of ``key`` (any case), or ``None``."""
+        first = self._first
+        if first is None:
+            # Reversed, so the first of repeated headers wins (as in a multidict's get).
+            first = self._first = {k.decode("latin-1").lower(): v.decode("latin-1")
+                                   for k, v in reversed(self._raw)}
+        return first.get(key) if key.islower() else first.get(key.lower())
 
 
 @runtime_checkable

@@ -29,7 +29,7 @@ from ccrotate._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, Timeouts, Transport
+from ccrotate._upstream.base import DEFAULT_BODY_LIMIT, RawHeaders, Timeouts, Transport
 
 if TYPE_CHECKING:
     import ssl
@@ -41,24 +41,6 @@ _HIGH_WATER = 1 << 20  # buffered body bytes past which reading pauses until dra
 _TARGET_SAFE = "/?:@!$&'()*+,;=%~"
 _IDEMPOTENT = frozenset({"GET", "OPTIONS"})  # HEAD is never sent: the proxy routes no HEAD
 _Origin = tuple[str, str, int]
-
-
-class _Headers:
-    """Case-insensitive lookup over the raw pairs, built on the first ``get``."""
-
-    __slots__ = ("_map", "_raw")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
-        self._map: dict[str, str] | None = None
-
-    def get(self, key: str, /) -> str | None:
-        found = self._map
-        if found is None:
-            # Reversed, so the first of repeated headers wins (as in a multidict's get).
-            found = self._map = {k.decode("latin-1").lower(): v.decode("latin-1")
-                                 for k, v in reversed(self._raw)}
-        return found.get(key) if key.islower() else found.get(key.lower())
 
 
 class _Response:
@@ -73,7 +55,7 @@ class _Response:
         self._conn = conn
         self.status = status
         self.raw_headers = raw
-        self.headers = _Headers(raw)
+        self.headers = RawHeaders(raw)
         self.content_type = content_type
         self.content_encoding = content_encoding
         self.body: list[bytes] = []
@@ -343,8 +325,7 @@ class HttptoolsUpstream(Transport):
         self._closed = True
         for idle in self._idle.values():
             while idle:
-                idle.pop().close()
-                self._open -= 1
+                self._drop(idle.pop())
         self._idle.clear()
         while self._slots:
             slot = self._slots.popleft()
@@ -367,20 +348,20 @@ class HttptoolsUpstream(Transport):
             try:
                 return await conn.exchange(data)
             except UpstreamConnectError:
-                self._release_broken(conn)
+                self._release(conn, reusable=False)
                 # The upstream closed an idle connection as the request went out on it
                 # (a keep-alive race). Like aiohttp, only an idempotent request goes
                 # again; a POST may have been acted on, and fails over instead.
                 if conn.got_bytes or method not in _IDEMPOTENT:
                     raise
             except BaseException:
-                self._release_broken(conn)
+                self._release(conn, reusable=False)
                 raise
         conn = await self._connect(origin, loop)
         try:
             return await conn.exchange(data)
         except BaseException:
-            self._release_broken(conn)
+            self._release(conn, reusable=False)
             raise
 
     # -- the pool ------------------------------------------------------------------------
@@ -428,8 +409,7 @@ class HttptoolsUpstream(Transport):
             conn = idle.pop()
             if not conn.closed and loop.time() - conn.idle_since < _KEEPALIVE:
                 return conn
-            conn.close()
-            self._open -= 1
+            self._drop(conn)
         return None
 
     async def _connect(self, origin: _Origin, loop: asyncio.AbstractEventLoop) -> _Conn:
@@ -484,28 +464,25 @@ class HttptoolsUpstream(Transport):
             idle.append(conn)
             # LIFO keeps the newest busy; the oldest are let go once past keep-alive.
             while idle[0].closed or conn.idle_since - idle[0].idle_since >= _KEEPALIVE:
-                idle.popleft().close()
-                self._open -= 1
+                self._drop(idle.popleft())
             self._next_slot()  # a request parked at the cap may take it
             return
-        conn.close()
         if same_loop:
-            self._open -= 1
+            self._drop(conn)
             self._next_slot()
+        else:
+            conn.close()
 
     def _drop_an_idle(self) -> bool:
         for idle in self._idle.values():
             if idle:
-                idle.popleft().close()
-                self._open -= 1
+                self._drop(idle.popleft())
                 return True
         return False
 
-    def _release_broken(self, conn: _Conn) -> None:
+    def _drop(self, conn: _Conn) -> None:
         conn.close()
-        if conn.loop is self._loop:
-            self._open -= 1
-            self._next_slot()
+        self._open -= 1
 
     def _next_slot(self) -> None:
         while self._slots:
